@@ -1,0 +1,29 @@
+"""Self-prompting boxes: the min/max extent of a predicted mask, per image and per class."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masks_to_boxes(masks: Tensor, scale: int = 1) -> tuple[Tensor, Tensor]:
+    """Boxes (..., 4) as (x0, y0, x1, y1) around all foreground of bool `masks` (..., H, W), and an empty flag.
+
+    One box spans every component of a class (the paper's min/max rule). Coordinates are pixel indices of an
+    image `scale` times larger than the mask, covering the whole of each low-resolution pixel. Empty masks
+    get the whole-image box; callers decide with the flag whether to use it.
+    """
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(-1), masks.any(-2)
+    empty = ~rows.any(-1)
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ys, h).amin(-1)
+    y1 = torch.where(rows, ys, -1).amax(-1)
+    x0 = torch.where(cols, xs, w).amin(-1)
+    x1 = torch.where(cols, xs, -1).amax(-1)
+    boxes = torch.stack([x0, y0, x1, y1], -1)
+    whole = torch.tensor([0, 0, w - 1, h - 1], device=masks.device)
+    boxes = torch.where(empty[..., None], whole, boxes)
+    boxes = boxes * scale + torch.tensor([0, 0, scale - 1, scale - 1], device=masks.device)
+    return boxes.float(), empty
