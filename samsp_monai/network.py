@@ -1,0 +1,119 @@
+"""SAM-SP: SAM that prompts itself with a box from its own prompt-free prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .boxes import masks_to_boxes
+from .lora import EncoderTraining, adapt_encoder, log_trainable
+from .sam_factory import build_sam, load_sam_checkpoint
+
+EmptyBox = Literal["keep_previous", "full_image"]
+
+
+class SAMSPOutput(NamedTuple):
+    """Training output: the self-prompted logits (teacher, supervised) and the prompt-free ones (student)."""
+
+    final: Tensor
+    first: Tensor
+
+
+class SAMSP(nn.Module):
+    """Prompt-free segmentation with SAM: pass 1 without prompt, then K passes prompted by the previous box.
+
+    Input: (B, 1 or 3, H, W) intensities scaled to [0, 1]; they are resized to `img_size`, grey images are
+    replicated to RGB, and the result is normalised with SAM's own pixel statistics, so pretrained patch
+    embeddings see the range they were trained on. Output: (B, num_classes + 1, H, W) class logits whose
+    background logit is fixed at 0, so softmax gives per-pixel class probabilities (for one class it equals
+    a sigmoid) and argmax gives the label map. In training with self-prompting the network returns `SAMSPOutput(final, first)`.
+
+    The image embedding is computed once per forward and shared by every pass. `self_prompt=False` is the
+    single-pass (SAMed-style) baseline; `iterations` is K at inference (training always uses one self-prompt).
+    `empty_box` sets what happens to a class whose previous mask is empty: `keep_previous` keeps that
+    prediction (a model that found nothing stays silent), `full_image` prompts with the whole image.
+    """
+
+    def __init__(
+        self,
+        variant: str = "vit_b",
+        img_size: int = 1024,
+        num_classes: int = 1,
+        in_channels: int = 3,
+        checkpoint: str | Path | None = None,
+        encoder_training: EncoderTraining = "lora",
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] = ("qkv",),
+        lora_dropout: float = 0.0,
+        self_prompt: bool = True,
+        iterations: int = 1,
+        empty_box: EmptyBox = "keep_previous",
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (CT/MR) or 3 (RGB), got {in_channels}")
+        if empty_box not in ("keep_previous", "full_image"):
+            raise ValueError(f"empty_box must be 'keep_previous' or 'full_image', got {empty_box!r}")
+        self.img_size, self.num_classes, self.in_channels = img_size, num_classes, in_channels
+        self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
+        self.sam = build_sam(variant, img_size, num_classes)
+        if checkpoint is not None:
+            load_sam_checkpoint(self.sam, checkpoint, variant)
+        adapt_encoder(self.sam.image_encoder, encoder_training, lora_rank, lora_alpha, lora_targets, lora_dropout)
+        log_trainable(self, f"SAM-SP {variant} (encoder: {encoder_training})")
+
+    def forward(self, x: Tensor) -> Tensor | SAMSPOutput:
+        size = x.shape[-2:]
+        embeddings = self.sam.image_encoder(self.preprocess(x))
+        first = self.decode(embeddings)
+        logits = first
+        passes = (1 if self.training else self.iterations) if self.self_prompt else 0
+        for _ in range(passes):
+            logits = self.decode(embeddings, logits)
+        final = self.class_logits(logits, size)
+        return SAMSPOutput(final, self.class_logits(first, size)) if self.training and passes else final
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """[0, 1] intensities of any size -> SAM's normalised RGB at img_size."""
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
+
+    def decode(self, embeddings: Tensor, previous: Tensor | None = None) -> Tensor:
+        """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous`."""
+        pe = self.sam.prompt_encoder.get_dense_pe()
+        if previous is None:
+            # segment_anything batches B images against one prompt row: the no-prompt case.
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
+            return self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
+        scale = self.img_size // previous.shape[-1]
+        boxes, empty = masks_to_boxes(self.labels(previous), scale)
+        # One decoder call per image with a box row per class (the decoder repeats embeddings per row);
+        # the mask of class c is token c of box row c.
+        masks = []
+        for embedding, image_boxes in zip(embeddings, boxes, strict=True):
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=image_boxes, masks=None)
+            rows = self.sam.mask_decoder(embedding[None], pe, sparse, dense, multimask_output=True)[0]
+            masks.append(rows.diagonal(dim1=0, dim2=1).permute(2, 0, 1))
+        refined = torch.stack(masks)
+        if self.empty_box == "keep_previous":
+            refined = torch.where(empty[..., None, None], previous, refined)
+        return refined
+
+    def labels(self, logits: Tensor) -> Tensor:
+        """Per-class bool masks (B, N, h, w) of the argmax label map of foreground logits."""
+        label = F.pad(logits, (0, 0, 0, 0, 1, 0)).argmax(1, keepdim=True)
+        return label == torch.arange(1, self.num_classes + 1, device=logits.device)[:, None, None]
+
+    def class_logits(self, logits: Tensor, size: Sequence[int]) -> Tensor:
+        """Foreground logits at mask resolution -> (B, N + 1, *size) with a zero background logit."""
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.pad(logits, (0, 0, 0, 0, 1, 0))

@@ -1,0 +1,111 @@
+import pytest
+import torch
+from conftest import small_samsp
+
+from samsp_monai import SAMSPOutput
+
+
+def _count_encoder_calls(net) -> list[int]:
+    calls = [0]
+    net.sam.image_encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_image_encoder_runs_once_per_forward(iterations):
+    net = small_samsp(iterations=iterations).eval()
+    calls = _count_encoder_calls(net)
+    decoder_calls = [0]
+    net.sam.mask_decoder.register_forward_hook(lambda *_: decoder_calls.__setitem__(0, decoder_calls[0] + 1))
+    net(torch.rand(2, 1, 64, 64))
+    assert calls[0] == 1
+    assert decoder_calls[0] == 1 + 2 * iterations  # one batched prompt-free call, then one call per image
+
+
+def test_training_returns_both_passes_and_eval_returns_final_logits():
+    net = small_samsp(num_classes=2)
+    x = torch.rand(3, 1, 40, 52)
+    out = net.train()(x)
+    assert isinstance(out, SAMSPOutput)
+    assert out.final.shape == out.first.shape == (3, 3, 40, 52)
+    assert torch.all(out.final[:, 0] == 0)  # background logit fixed at 0
+    pred = net.eval()(x)
+    assert isinstance(pred, torch.Tensor) and pred.shape == (3, 3, 40, 52)
+
+
+def test_batch_gives_one_output_per_image_equal_to_single_runs():
+    net = small_samsp(num_classes=2, in_channels=3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        batch = net(x)
+        singles = torch.cat([net(x[:1]), net(x[1:])])
+    assert batch.shape[0] == 2
+    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-4)
+
+
+def test_self_prompt_off_is_the_single_pass():
+    net = small_samsp().eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        sp = net(x)
+        net.self_prompt = False
+        single = net(x)
+        net.self_prompt = True
+        first = net.train()(x).first
+        net.self_prompt = False
+        single_train = net(x)
+    assert isinstance(single_train, torch.Tensor)  # one tensor in training too: nothing to distil
+    torch.testing.assert_close(single, first)
+    torch.testing.assert_close(single_train, first)
+    assert not torch.equal(sp, single)
+
+
+def test_second_pass_is_prompted_by_the_box_of_the_first():
+    net = small_samsp().eval()
+    embeddings = net.sam.image_encoder(net.preprocess(torch.rand(1, 1, 64, 64)))
+    previous = torch.full((1, 1, 16, 16), -5.0)
+    previous[..., 2:6, 3:9] = 5.0
+    seen = {}
+    net.sam.prompt_encoder.register_forward_hook(lambda m, args, kw, out: seen.update(kw), with_kwargs=True)
+    net.decode(embeddings, previous)
+    assert seen["boxes"].tolist() == [[12.0, 8.0, 35.0, 23.0]]  # low-res box (3,2)-(8,5) at 4x scale
+
+
+@pytest.mark.parametrize("rule", ["keep_previous", "full_image"])
+def test_empty_first_pass_follows_the_configured_rule(rule):
+    net = small_samsp(empty_box=rule).eval()
+    embeddings = net.sam.image_encoder(net.preprocess(torch.rand(1, 1, 64, 64)))
+    nothing = torch.full((1, 1, 16, 16), -5.0)
+    refined = net.decode(embeddings, nothing)
+    assert torch.equal(refined, nothing) == (rule == "keep_previous")
+
+
+def test_gradients_reach_lora_and_decoder_but_not_frozen_encoder():
+    net = small_samsp(encoder_training="lora").train()
+    out = net(torch.rand(2, 1, 64, 64))
+    (out.final.sum() + out.first.sum()).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    lora = [n for n in grads if "lora_" in n]
+    assert lora and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in lora if "lora_B" in n)
+    assert all(grads[n] is not None for n in lora)
+    frozen = [n for n, p in net.sam.image_encoder.named_parameters() if "lora_" not in n]
+    assert frozen and all(not net.sam.image_encoder.get_parameter(n).requires_grad for n in frozen)
+    assert all(grads[f"sam.image_encoder.{n}"] is None for n in frozen)
+    assert grads["sam.mask_decoder.output_upscaling.0.weight"].abs().sum() > 0
+    assert all(p.requires_grad for p in net.sam.prompt_encoder.parameters())
+
+
+def test_lora_rank_alpha_and_targets_are_configurable():
+    net = small_samsp(lora_rank=2, lora_alpha=8, lora_targets=["qkv", "proj"])
+    qkv = net.sam.image_encoder.blocks[0].attn.qkv
+    assert qkv.lora_A["default"].weight.shape[0] == 2 and qkv.scaling["default"] == 4.0
+    assert hasattr(net.sam.image_encoder.blocks[0].attn.proj, "lora_A")
+
+
+def test_full_and_frozen_encoder_modes():
+    full = small_samsp(encoder_training="full")
+    assert all(p.requires_grad for p in full.sam.image_encoder.parameters())
+    frozen = small_samsp(encoder_training="frozen")
+    assert not any(p.requires_grad for p in frozen.sam.image_encoder.parameters())
+    with pytest.raises(ValueError, match="encoder_training"):
+        small_samsp(encoder_training="half")
