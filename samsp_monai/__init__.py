@@ -1,0 +1,25 @@
+"""SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
+
+from . import checkpoints, transforms
+from .boxes import masks_to_boxes
+from .demo_data import ensure_demo_dataset
+from .loss import SAMSPLoss
+from .network import SAMSP, SAMSPOutput
+from .paths import default_bundle_root
+from .sam_factory import SAM_VARIANTS, CheckpointError, build_sam, load_sam_checkpoint, require_checkpoint
+
+__all__ = [
+    "SAMSP",
+    "SAMSPOutput",
+    "SAMSPLoss",
+    "SAM_VARIANTS",
+    "CheckpointError",
+    "build_sam",
+    "checkpoints",
+    "default_bundle_root",
+    "ensure_demo_dataset",
+    "load_sam_checkpoint",
+    "masks_to_boxes",
+    "require_checkpoint",
+    "transforms",
+]

@@ -1,0 +1,61 @@
+"""Transforms that turn volumes into the 2D slices SAM works on."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+from monai.transforms.traits import MultiSampleTrait
+
+
+class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
+    """Sample `num_samples` 2D slices along spatial `axis` of channel-first volumes, as a list of dicts.
+
+    `round(fg_fraction * num_samples)` slices show foreground of `label_key` and the rest show none, so a
+    prompt-free model also learns to say "nothing here". Slicing happens inside the pipeline because
+    MONAI Label hands the trainer whole volumes. When a volume lacks one kind of slice, the other fills in.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        axis: int = 2,
+        num_samples: int = 4,
+        fg_fraction: float = 0.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if not 0.0 <= fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.label_key, self.axis, self.num_samples, self.fg_fraction = label_key, axis, num_samples, fg_fraction
+        self.indices: list[int] = []
+
+    def randomize(self, label: torch.Tensor | np.ndarray) -> None:
+        foreground = torch.as_tensor(label).ne(0).any(dim=0)
+        others = tuple(d for d in range(foreground.ndim) if d != self.axis)
+        has_fg = foreground.any(dim=others).cpu().numpy()
+        fg, bg = np.flatnonzero(has_fg), np.flatnonzero(~has_fg)
+        n_fg = round(self.fg_fraction * self.num_samples)
+        if not len(bg):
+            n_fg = self.num_samples
+        elif not len(fg):
+            n_fg = 0
+        picks = [self.R.choice(fg, n_fg)] if n_fg else []
+        picks += [self.R.choice(bg, self.num_samples - n_fg)] if self.num_samples - n_fg else []
+        self.indices = [int(i) for i in np.concatenate(picks)]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
+        d = dict(data)
+        self.randomize(d[self.label_key])
+        samples = []
+        for index in self.indices:
+            sample = dict(d)
+            for key in self.key_iterator(d):
+                sample[key] = d[key].select(self.axis + 1, index)
+            sample["slice_index"] = index
+            samples.append(sample)
+        return samples
