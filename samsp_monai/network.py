@@ -31,7 +31,8 @@ class SAMSP(nn.Module):
     replicated to RGB, and the result is normalised with SAM's own pixel statistics, so pretrained patch
     embeddings see the range they were trained on. Output: (B, num_classes + 1, H, W) class logits whose
     background logit is fixed at 0, so softmax gives per-pixel class probabilities (for one class it equals
-    a sigmoid) and argmax gives the label map. In training with self-prompting the network returns `SAMSPOutput(final, first)`.
+    a sigmoid) and argmax gives the label map. In training with self-prompting it returns
+    `SAMSPOutput(final, first)`.
 
     The image embedding is computed once per forward and shared by every pass. `self_prompt=False` is the
     single-pass (SAMed-style) baseline; `iterations` is K at inference (training always uses one self-prompt).
