@@ -1,0 +1,248 @@
+"""Build MONAI datalists (``{"training": [...], "validation": [...]}``) from common folder layouts.
+
+Paths are stored relative to the data root, so one JSON works wherever the data is mounted:
+``monai.data.load_decathlon_datalist(path, True, "training", base_dir=root)``.
+
+Every image must have exactly one label and every label an image: anything unmatched raises
+:class:`UnmatchedFilesError` listing all offending files, because silently dropping cases skews a split.
+
+Layouts:
+
+- ``msd``: ``imagesTr/*.nii.gz`` paired with ``labelsTr/`` by file name (macOS ``._*`` files ignored).
+- ``dicom``: each direct sub-folder of the root holding DICOM files is one series (the image entry is the
+  folder). Its label is the single file matching ``label_glob`` (relative to the root) after replacing
+  ``{series}`` with the folder name; the default ``{series}.*`` finds ``<root>/<series>.nrrd`` etc.,
+  ``labels/{series}.*`` a labels folder, and a literal name (``liver_seg.nrrd``) suits a single series.
+  Candidate labels are the files matching ``label_glob`` with ``{series}`` read as ``*`` and a label
+  suffix (NIfTI, NRRD, MetaImage, DICOM SEG ``.dcm``); folders holding candidate labels are not series.
+- ``images``: 2D ``images/`` and ``masks/`` folders paired by file stem (png/jpg/jpeg/bmp/tif/tiff),
+  as in Kvasir-SEG.
+
+Split: name lists (one case name a line: MSD/2D file stem, DICOM series folder name) when given, or
+``train.txt``/``val.txt`` in the root when both exist; otherwise a seeded random split.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+class Case(NamedTuple):
+    """One image/label pair; ``name`` is what split lists refer to."""
+
+    name: str
+    image: Path
+    label: Path
+
+
+class UnmatchedFilesError(ValueError):
+    """Images without labels or labels without images; the message lists every one of them."""
+
+    def __init__(self, images_without_label: Iterable[Path], labels_without_image: Iterable[Path]):
+        self.images_without_label = sorted(images_without_label)
+        self.labels_without_image = sorted(labels_without_image)
+        lines = [f"  image without label: {p}" for p in self.images_without_label]
+        lines += [f"  label without image: {p}" for p in self.labels_without_image]
+        super().__init__(f"{len(lines)} unmatched file(s):\n" + "\n".join(lines))
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Regular files, minus hidden ones and macOS ``._*`` resource forks that share the data's names."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _index(files: Iterable[Path], key) -> dict[str, Path]:
+    """Map case name -> file, refusing two files with one name (e.g. ``a.png`` and ``a.jpg``)."""
+    index: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in files:
+        name = key(path)
+        if name in index:
+            clashes.append(f"  {index[name]} and {path}")
+        index[name] = path
+    if clashes:
+        raise ValueError("several files share one case name:\n" + "\n".join(clashes))
+    return index
+
+
+def _pair(images: Mapping[str, Path], labels: Mapping[str, Path]) -> list[Case]:
+    missing = [images[n] for n in images.keys() - labels.keys()]
+    orphans = [labels[n] for n in labels.keys() - images.keys()]
+    if missing or orphans:
+        raise UnmatchedFilesError(missing, orphans)
+    return [Case(n, images[n], labels[n]) for n in sorted(images)]
+
+
+def _strip_suffix(path: Path, suffixes: tuple[str, ...]) -> str | None:
+    name = path.name
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def msd_cases(root: Path) -> list[Case]:
+    """Medical Segmentation Decathlon layout: ``imagesTr/x.nii.gz`` <-> ``labelsTr/x.nii.gz``."""
+    root = Path(root)
+
+    def nifti(folder: str) -> dict[str, Path]:
+        files = [p for p in _visible_files(root / folder) if p.name.endswith(".nii.gz")]
+        return _index(files, lambda p: p.name[: -len(".nii.gz")])
+
+    return _pair(nifti("imagesTr"), nifti("labelsTr"))
+
+
+def image_cases(root: Path, images_dir: str = "images", masks_dir: str = "masks") -> list[Case]:
+    """2D layout: ``images/x.jpg`` <-> ``masks/x.png`` (any supported suffix, matched by stem)."""
+    root = Path(root)
+
+    def by_stem(folder: str) -> dict[str, Path]:
+        files = [p for p in _visible_files(root / folder) if _strip_suffix(p, IMAGE_SUFFIXES) is not None]
+        return _index(files, lambda p: _strip_suffix(p, IMAGE_SUFFIXES))
+
+    return _pair(by_stem(images_dir), by_stem(masks_dir))
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICOM Part 10 files carry ``DICM`` after a 128-byte preamble, whatever their suffix."""
+    with path.open("rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def dicom_cases(root: Path, label_glob: str = "{series}.*") -> list[Case]:
+    """DICOM series folders paired with label files by ``label_glob`` (see the module docstring)."""
+    root = Path(root)
+
+    def label_files(pattern: str) -> list[Path]:
+        return sorted(p for p in root.glob(pattern) if p.is_file() and _strip_suffix(p, LABEL_SUFFIXES))
+
+    candidates = label_files(label_glob.replace("{series}", "*"))
+    label_folders = {p.parent for p in candidates}
+    images = {
+        d.name: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d not in label_folders and any(_is_dicom(p) for p in _visible_files(d))
+    }
+    labels: dict[str, Path] = {}
+    clashes: list[str] = []
+    for name in images:
+        matches = label_files(label_glob.replace("{series}", glob.escape(name)))
+        if len(matches) > 1:
+            clashes.append(f"  series {name} matches {', '.join(map(str, matches))}")
+        elif matches:
+            labels[name] = matches[0]
+    owners: dict[Path, list[str]] = {}
+    for name, label in labels.items():
+        owners.setdefault(label, []).append(name)
+    clashes += [f"  {label} matches series {', '.join(ns)}" for label, ns in owners.items() if len(ns) > 1]
+    if clashes:
+        raise ValueError(f"ambiguous labels for label_glob {label_glob!r}:\n" + "\n".join(clashes))
+    missing = [images[n] for n in images.keys() - labels.keys()]
+    orphans = [p for p in candidates if p not in owners]
+    if missing or orphans:
+        raise UnmatchedFilesError(missing, orphans)
+    return [Case(n, images[n], labels[n]) for n in sorted(images)]
+
+
+def read_names(path: Path) -> list[str]:
+    """One case name a line; blank lines ignored."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def split_cases(
+    cases: list[Case],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train_names: list[str] | None = None,
+    val_names: list[str] | None = None,
+) -> dict[str, list[Case]]:
+    """Split by name lists (one list alone means "the rest" for the other), else randomly with ``seed``.
+
+    Names in a list but not in the data, in both lists, or (with two lists) in neither raise, so an
+    outdated list cannot quietly shrink a split.
+    """
+    by_name = {c.name: c for c in cases}
+    if train_names is None and val_names is None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        names = sorted(by_name)
+        val = set(random.Random(seed).sample(names, round(len(names) * val_fraction)))
+        train = set(names) - val
+    else:
+        listed = set(train_names or []) | set(val_names or [])
+        problems = [f"  listed but not in the data: {n}" for n in sorted(listed - by_name.keys())]
+        problems += [f"  in both lists: {n}" for n in sorted(set(train_names or []) & set(val_names or []))]
+        if train_names is not None and val_names is not None:
+            problems += [f"  in neither list: {n}" for n in sorted(by_name.keys() - listed)]
+        if problems:
+            raise ValueError("split lists do not match the data:\n" + "\n".join(problems))
+        val = set(val_names) if val_names is not None else by_name.keys() - set(train_names)
+        train = by_name.keys() - val
+    return {"training": [by_name[n] for n in sorted(train)], "validation": [by_name[n] for n in sorted(val)]}
+
+
+def to_datalist(splits: Mapping[str, list[Case]], root: Path) -> dict[str, list[dict[str, str]]]:
+    """Relative POSIX paths so the JSON is portable across machines and operating systems."""
+    root = Path(root)
+    return {
+        key: [
+            {"image": c.image.relative_to(root).as_posix(), "label": c.label.relative_to(root).as_posix()}
+            for c in cases
+        ]
+        for key, cases in splits.items()
+    }
+
+
+def write_json_atomic(obj: object, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the datalist private to its writer
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_datalist(
+    layout: str,
+    root: Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train_list: Path | None = None,
+    val_list: Path | None = None,
+    **layout_options: str,
+) -> dict[str, list[dict[str, str]]]:
+    """Find, pair and split the cases of ``root``; ``layout_options`` go to the layout's finder."""
+    root = Path(root).resolve()
+    finders = {"msd": msd_cases, "dicom": dicom_cases, "images": image_cases}
+    if layout not in finders:
+        raise ValueError(f"unknown layout {layout!r}, expected one of {sorted(finders)}")
+    cases = finders[layout](root, **layout_options)
+    if train_list is None and val_list is None and (root / "train.txt").is_file() and (root / "val.txt").is_file():
+        train_list, val_list = root / "train.txt", root / "val.txt"
+    splits = split_cases(
+        cases,
+        val_fraction,
+        seed,
+        read_names(train_list) if train_list else None,
+        read_names(val_list) if val_list else None,
+    )
+    return to_datalist(splits, root)

@@ -1,0 +1,113 @@
+"""Datalist building on the real shared data: pairing, splits, unmatched-file errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+from monai.data import load_decathlon_datalist
+
+from samsp_monai.datalist import Case, UnmatchedFilesError, build_datalist, split_cases, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def cli(*args: str) -> None:
+    """Run the script's main() in-process: a subprocess would spend seconds re-importing torch/MONAI."""
+    runpy.run_path(str(REPO / "scripts" / "make_datalist.py"))["main"](list(args))
+
+
+def data_dir(name: str) -> Path:
+    path = DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent (it lives outside the repo, in ../shared/data)")
+    return path
+
+
+def load_both(datalist: dict, root: Path, tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    """Round-trip through the JSON file and MONAI's loader, as the bundle does."""
+    path = tmp_path / "datalist.json"
+    write_json_atomic(datalist, path)
+    return tuple(load_decathlon_datalist(path, True, key, base_dir=root) for key in ("training", "validation"))
+
+
+def test_msd_hippocampus_datalist(tmp_path: Path) -> None:
+    root = data_dir("msd-hippocampus")
+    train, val = load_both(build_datalist("msd", root), root, tmp_path)
+    assert (len(train), len(val)) == (208, 52)
+    for item in train + val:
+        image, label = Path(item["image"]), Path(item["label"])
+        assert image.is_file() and label.is_file()
+        assert (image.parent.name, label.parent.name, image.name) == ("imagesTr", "labelsTr", label.name)
+    assert not {i["image"] for i in train} & {i["image"] for i in val}
+
+
+def test_seeded_split_is_reproducible_and_disjoint() -> None:
+    root = data_dir("msd-hippocampus")
+    first, again = build_datalist("msd", root, seed=3), build_datalist("msd", root, seed=3)
+    other = build_datalist("msd", root, seed=4)
+    assert first == again and first["validation"] != other["validation"]
+    train = {i["image"] for i in first["training"]}
+    val = {i["image"] for i in first["validation"]}
+    assert not train & val and len(train | val) == 260
+
+
+def test_kvasir_uses_official_split(tmp_path: Path) -> None:
+    root = data_dir("kvasir-seg")
+    datalist = build_datalist("images", root)
+    train, val = load_both(datalist, root, tmp_path)
+    assert (len(train), len(val)) == (880, 120)
+    val_stems = {Path(i["image"]).stem for i in val}
+    assert val_stems == set((root / "val.txt").read_text().split())
+    assert all(Path(i["label"]).is_file() for i in train[:5])
+
+
+def test_unmatched_files_are_all_listed(tmp_path: Path) -> None:
+    src = data_dir("kvasir-seg")
+    stems = sorted((src / "train.txt").read_text().split())[:4]
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for stem in stems[:3]:
+        (tmp_path / "images" / f"{stem}.jpg").symlink_to(src / "images" / f"{stem}.jpg")
+    for stem in stems[1:]:
+        (tmp_path / "masks" / f"{stem}.jpg").symlink_to(src / "masks" / f"{stem}.jpg")
+    (tmp_path / "images" / f"._{stems[1]}.jpg").write_bytes(b"macOS resource fork")
+
+    with pytest.raises(UnmatchedFilesError) as err:
+        build_datalist("images", tmp_path)
+    assert err.value.images_without_label == [tmp_path / "images" / f"{stems[0]}.jpg"]
+    assert err.value.labels_without_image == [tmp_path / "masks" / f"{stems[3]}.jpg"]
+
+    out = tmp_path / "out.json"
+    with pytest.raises(SystemExit) as exit_info:
+        cli("images", str(tmp_path), "-o", str(out))
+    message = str(exit_info.value.code)
+    assert message.startswith("error: 2 unmatched file(s)") and not out.exists()
+    assert f"{stems[0]}.jpg" in message and f"{stems[3]}.jpg" in message
+
+
+def test_dicom_datalist_label_glob(tmp_path: Path) -> None:
+    root = data_dir("dicom-ct-seg")
+    out = tmp_path / "dicom.json"
+    cli("dicom", str(root), "--label_glob", "liver.dcm", "-o", str(out))
+    assert json.loads(out.read_text()) == {"training": [{"image": "ct-3slice", "label": "liver.dcm"}], "validation": []}
+
+    with pytest.raises(UnmatchedFilesError) as err:  # default "{series}.*": nothing named ct-3slice.*
+        build_datalist("dicom", root)
+    assert err.value.images_without_label == [root / "ct-3slice"]
+    assert {p.name for p in err.value.labels_without_image} == {"liver.dcm", "liver_seg.nrrd", "liver_spine_seg.nrrd"}
+    with pytest.raises(ValueError, match="ambiguous"):
+        build_datalist("dicom", root, label_glob="*.nrrd")
+
+
+def test_split_lists_must_match_the_data() -> None:
+    cases = [Case(n, Path(n), Path(n)) for n in "abcd"]
+    splits = split_cases(cases, val_names=["b"])
+    assert [c.name for c in splits["training"]] == ["a", "c", "d"]
+    assert [c.name for c in splits["validation"]] == ["b"]
+    with pytest.raises(ValueError) as err:
+        split_cases(cases, train_names=["a", "b", "x"], val_names=["b"])
+    assert all(s in str(err.value) for s in ("not in the data: x", "in both lists: b", "in neither list: c"))
