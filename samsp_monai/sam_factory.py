@@ -127,8 +127,8 @@ def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str) -> None:
     unexpected = sorted(set(state) - set(target))
     wrong_shape = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
     if missing or unexpected or wrong_shape:
-        problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
-        problems += [f"{k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in wrong_shape]
+        problems = [f"{k}: {tuple(state[k].shape)} in file, {tuple(target[k].shape)} expected" for k in wrong_shape]
+        problems += [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
         raise CheckpointError(
             f"{path} does not match SAM variant {variant!r} ({len(problems)} mismatching keys"
             f"{_guess_variant(state)}): " + "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")

@@ -1,0 +1,106 @@
+"""Issue-2 numbers: SAM-SP inference cost over single-pass SAM, LoRA's trainable share, demo wall time.
+
+Timings interleave the two models in one process and report medians and their ratio, because this
+machine is noisy: compare ratios measured in one run, not absolute seconds across runs.
+
+    python scripts/benchmark_core.py                      # vit_b at 256 and 512 on CPU
+    python scripts/benchmark_core.py --sizes 1024 --device cuda --demo=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from samsp_monai import SAMSP
+from samsp_monai.lora import count_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _timed(net: SAMSP, x: torch.Tensor) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    net(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def inference_ratio(variant: str, size: int, classes: int, repeats: int, device: str) -> dict[str, float]:
+    """Median forward time of SAM-SP (K=1) and of the single pass on the same weights and input."""
+    net = SAMSP(variant, img_size=size, num_classes=classes, in_channels=1).to(device).eval()
+    x = torch.rand(1, 1, size, size, device=device)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeats + 1):
+        for self_prompt in (True, False):
+            net.self_prompt = self_prompt
+            elapsed = _timed(net, x)
+            if i:  # the first round warms up caches and kernels
+                times[self_prompt].append(elapsed)
+    samsp, single = statistics.median(times[True]), statistics.median(times[False])
+    return {"samsp_s": samsp, "single_s": single, "ratio": samsp / single}
+
+
+def demo_wall_time() -> float:
+    """Seconds of the README's main command on a fresh bundle root (data generation included)."""
+    root = REPO / "runs" / f"benchmark-demo-{int(time.time())}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "['bundle/configs/train.json','bundle/configs/demo.json']",
+        "--bundle_root",
+        str(root),
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    print("  " + next(line for line in result.stdout.splitlines() if line.startswith("best validation")))
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="vit_b")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--classes", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--demo", type=lambda s: s.lower() != "false", default=True)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+
+    print(f"\nInference, {args.variant}, batch 1, {args.classes} class(es), median of {args.repeats}:")
+    print("| input | SAM-SP K=1 (s) | single pass (s) | ratio |\n|---|---|---|---|")
+    for size in args.sizes:
+        r = inference_ratio(args.variant, size, args.classes, args.repeats, args.device)
+        print(f"| {size} | {r['samsp_s']:.4f} | {r['single_s']:.4f} | {r['ratio']:.3f} |")
+
+    net = SAMSP(args.variant, img_size=1024, num_classes=args.classes, lora_rank=4)
+    trainable, total = count_parameters(net)
+    lora = sum(p.numel() for n, p in net.named_parameters() if "lora_" in n)
+    print(f"\nTrainable parameters, {args.variant}, LoRA rank 4 on qkv (1024 input, {args.classes} class):")
+    share = f"{100 * trainable / total:.2f}%"
+    print(f"  {trainable:,} of {total:,} ({share}); LoRA alone {lora:,} ({100 * lora / total:.3f}%)")
+
+    if args.demo:
+        print("\nDemo main job (README command), fresh bundle root:")
+        print(f"  wall time {demo_wall_time():.1f} s")
+
+
+if __name__ == "__main__":
+    main()
