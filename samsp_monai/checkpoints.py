@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,24 +11,15 @@ import torch
 from monai.engines import Workflow
 from monai.utils import min_version, optional_import
 
+from .atomic import atomic_write
+
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 logger = logging.getLogger(__name__)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, flush it to disk, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through an atomic write: an interrupted save leaves the previous checkpoint intact."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+from .atomic import atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -206,19 +206,8 @@ def to_datalist(splits: Mapping[str, list[Case]], root: Path) -> dict[str, list[
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the datalist private to its writer
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The datalist as indented JSON, written atomically so readers never see a partial file."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def build_datalist(

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from monai.utils import convert_to_numpy
 
-from samsp_monai.metrics import Array
+from .atomic import atomic_write_text
+from .metrics import Array
 
 GT_COLOUR = "lime"
 PRED_COLOUR = "red"
 OVERLAY_PX = 512
-
-
-def _atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same folder, then rename, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_case_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
@@ -45,12 +31,12 @@ def write_case_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_text(buf.getvalue(), path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_summary_json(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Strict JSON (``allow_nan=False``): a NaN reaching the summary is a bug, not a value to store."""
-    _atomic_write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", path)
+    atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def _pick_slice(label: np.ndarray, pred: np.ndarray, class_ids: Sequence[int], axis: int) -> int:
