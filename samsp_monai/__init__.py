@@ -1,6 +1,6 @@
 """SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
 
-from . import checkpoints, transforms
+from . import checkpoints, datalist, transforms
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
 from .loss import SAMSPLoss
@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "build_sam",
     "checkpoints",
+    "datalist",
     "default_bundle_root",
     "ensure_demo_dataset",
     "load_sam_checkpoint",

@@ -34,7 +34,8 @@ from typing import NamedTuple
 from .atomic import atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+LABEL_SUFFIXES = (*VOLUME_SUFFIXES, ".dcm")
 
 
 class Case(NamedTuple):
@@ -235,3 +236,13 @@ def build_datalist(
         read_names(val_list) if val_list else None,
     )
     return to_datalist(splits, root)
+
+
+def inference_inputs(folder: str | Path) -> list[str]:
+    """What `inference.json` segments in `folder`: volume and 2D image files, and DICOM series sub-folders."""
+    folder = Path(folder)
+    files = [p for p in _visible_files(folder) if _strip_suffix(p, IMAGE_SUFFIXES + VOLUME_SUFFIXES) is not None]
+    series = [d for d in sorted(folder.iterdir()) if d.is_dir() and any(map(_is_dicom, _visible_files(d)))]
+    if not files and not series:
+        raise FileNotFoundError(f"{folder}: no images, volumes or DICOM series to segment")
+    return [str(p) for p in sorted(files + series)]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import (
+    MapTransform,
+    Randomizable,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+)
 from monai.transforms.traits import MultiSampleTrait
 
 
@@ -59,3 +64,21 @@ class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
             sample["slice_index"] = index
             samples.append(sample)
         return samples
+
+
+def modality_scaling(keys: KeysCollection, modality: str, ct_window: Sequence[float] = (-160.0, 240.0)) -> MapTransform:
+    """Intensities to [0, 1] as suits the modality, before SAM's own normalisation in the network.
+
+    CT: a fixed Hounsfield window (default abdomen/liver, -160..240 HU), so tissue keeps its absolute meaning;
+    MR: the 0.5/99.5 percentiles of each volume, since MR intensities have no absolute scale;
+    RGB: 0..255 to 0..1.
+    """
+    modality = modality.upper()
+    if modality == "CT":
+        low, high = ct_window
+        return ScaleIntensityRanged(keys, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    if modality == "MR":
+        return ScaleIntensityRangePercentilesd(keys, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    if modality == "RGB":
+        return ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+    raise ValueError(f"modality must be 'CT', 'MR' or 'RGB', got {modality!r}")
