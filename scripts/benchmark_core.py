@@ -1,7 +1,9 @@
 """Issue-2 numbers: SAM-SP inference cost over single-pass SAM, LoRA's trainable share, demo wall time.
 
-Timings interleave the two models in one process and report medians and their ratio, because this
-machine is noisy: compare ratios measured in one run, not absolute seconds across runs.
+Timings run the two settings in adjacent pairs in one process and report the median of the per-pair ratios;
+the encoder and one decoder pass are also timed apart, and (encoder + 2 passes) / (encoder + 1 pass) is
+the ratio free of the machine's noise. Compare ratios measured in one
+run, not absolute seconds across runs.
 
     python scripts/benchmark_core.py                      # vit_b at 256 and 512 on CPU
     python scripts/benchmark_core.py --sizes 1024 --device cuda --demo=false
@@ -14,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,11 +27,11 @@ from samsp_monai.lora import count_parameters
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed(net: SAMSP, x: torch.Tensor) -> float:
+def _timed(step: Callable[[], object], x: torch.Tensor) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    net(x)
+    step()
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -36,18 +39,25 @@ def _timed(net: SAMSP, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def inference_ratio(variant: str, size: int, classes: int, repeats: int, device: str) -> dict[str, float]:
-    """Median forward time of SAM-SP (K=1) and of the single pass on the same weights and input."""
+    """Median forward time of SAM-SP (K=1) and of the single pass on the same weights and input, run in
+    adjacent pairs, with the median of the per-pair ratios (adjacent runs share the machine's load); plus
+    the median cost of the encoder and of one decoder pass, whose sum gives the ratio without that noise."""
     net = SAMSP(variant, img_size=size, num_classes=classes, in_channels=1).to(device).eval()
     x = torch.rand(1, 1, size, size, device=device)
     times: dict[bool, list[float]] = {True: [], False: []}
     for i in range(repeats + 1):
         for self_prompt in (True, False):
             net.self_prompt = self_prompt
-            elapsed = _timed(net, x)
+            elapsed = _timed(lambda: net(x), x)
             if i:  # the first round warms up caches and kernels
                 times[self_prompt].append(elapsed)
+    embeddings = net.sam.image_encoder(net.preprocess(x))
+    first = net.decode(embeddings)
+    encoder = statistics.median(_timed(lambda: net.sam.image_encoder(net.preprocess(x)), x) for _ in range(repeats))
+    decoder = statistics.median(_timed(lambda: net.decode(embeddings, first), x) for _ in range(repeats))
+    pairs = statistics.median(a / b for a, b in zip(times[True], times[False], strict=True))
     samsp, single = statistics.median(times[True]), statistics.median(times[False])
-    return {"samsp_s": samsp, "single_s": single, "ratio": samsp / single}
+    return {"samsp_s": samsp, "single_s": single, "ratio": pairs, "encoder_s": encoder, "pass_s": decoder}
 
 
 def demo_wall_time() -> float:
@@ -84,11 +94,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
 
-    print(f"\nInference, {args.variant}, batch 1, {args.classes} class(es), median of {args.repeats}:")
-    print("| input | SAM-SP K=1 (s) | single pass (s) | ratio |\n|---|---|---|---|")
+    print(f"\nInference, {args.variant}, batch 1, {args.classes} class(es), median of {args.repeats} adjacent pairs:")
+    print("| input | SAM-SP K=1 (s) | single pass (s) | paired ratio | encoder (s) | decoder pass (s) | parts ratio |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         r = inference_ratio(args.variant, size, args.classes, args.repeats, args.device)
-        print(f"| {size} | {r['samsp_s']:.4f} | {r['single_s']:.4f} | {r['ratio']:.3f} |")
+        print(
+            f"| {size} | {r['samsp_s']:.4f} | {r['single_s']:.4f} | {r['ratio']:.3f} | {r['encoder_s']:.4f} "
+            f"| {r['pass_s']:.4f} | {(r['encoder_s'] + 2 * r['pass_s']) / (r['encoder_s'] + r['pass_s']):.3f} |"
+        )
 
     net = SAMSP(args.variant, img_size=1024, num_classes=args.classes, lora_rank=4)
     trainable, total = count_parameters(net)
