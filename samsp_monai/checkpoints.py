@@ -22,6 +22,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def is_writer() -> bool:
+    """Only rank 0 of a distributed run writes checkpoints: all ranks hold the same weights."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
 def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
     return {name: obj.state_dict() for name, obj in objects.items()}
 
@@ -45,8 +52,9 @@ class BestModelSaver:
         value = float(engine.state.metrics[name])
         if value > self.best_metric:
             self.best_metric, self.best_epoch = value, engine.state.epoch
-            atomic_save({"model": self.network.state_dict(), name: value, "epoch": self.best_epoch}, self.path)
-            logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, self.best_epoch, self.path)
+            if is_writer():
+                atomic_save({"model": self.network.state_dict(), name: value, "epoch": self.best_epoch}, self.path)
+                logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, self.best_epoch, self.path)
 
     def report(self) -> str:
         """The line a finished run ends with, so a user sees at once what the run achieved."""
@@ -72,4 +80,5 @@ class TrainingStateSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Workflow) -> None:
-        atomic_save(state_dicts(self.objects), self.path)
+        if is_writer():
+            atomic_save(state_dicts(self.objects), self.path)

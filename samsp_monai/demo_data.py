@@ -14,16 +14,17 @@ import numpy as np
 DATALIST = "datalist.json"
 
 
-def ensure_demo_dataset(root: str | Path, num_cases: int = 16, num_validation: int = 4, seed: int = 0) -> Path:
-    """Write `num_cases` NIfTI volumes with labels and a datalist under `root` unless it is already there.
+def ensure_demo_dataset(root: str | Path, num_cases: int = 16, num_validation: int = 4, seed: int = 0) -> str:
+    """Write `num_cases` NIfTI volumes with labels and a datalist under `root` unless it is there; return `root`.
 
     Each volume holds one ellipsoid split into two classes along its long axis, like the anterior (1) and
     posterior (2) hippocampus of MSD Task04, with distinct intensities over smooth bias and noise.
-    The folder appears atomically, so an interrupted first run never leaves half a data set behind.
+    The folder appears by one atomic rename, so an interrupted first run never leaves half a data set behind,
+    and processes that start together (the ranks of a distributed run) all end up with the same one.
     """
     root = Path(root)
     if (root / DATALIST).is_file():
-        return root
+        return str(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
     rng = np.random.default_rng(seed)
@@ -38,10 +39,13 @@ def ensure_demo_dataset(root: str | Path, num_cases: int = 16, num_validation: i
         cases.append(names)
     datalist = {"training": cases[num_validation:], "validation": cases[:num_validation]}
     (staging / DATALIST).write_text(json.dumps(datalist, indent=2))
-    if root.exists():
-        shutil.rmtree(root)
-    os.replace(staging, root)
-    return root
+    try:
+        os.replace(staging, root)
+    except OSError:  # another process renamed its identical copy into place first
+        shutil.rmtree(staging)
+        if not (root / DATALIST).is_file():
+            raise
+    return str(root)
 
 
 def synthetic_case(

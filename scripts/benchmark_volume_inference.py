@@ -33,7 +33,7 @@ HIPPOCAMPUS = REPO.parent / "shared" / "data" / "msd-hippocampus" / "imagesTr"
 def volumes(count: int) -> list[str]:
     if HIPPOCAMPUS.is_dir():
         return [str(p) for p in sorted(HIPPOCAMPUS.glob("hippocampus_*.nii.gz"))[:count]]
-    root = ensure_demo_dataset(Path(tempfile.gettempdir()) / "samsp-demo-data")
+    root = Path(ensure_demo_dataset(Path(tempfile.gettempdir()) / "samsp-demo-data"))
     return [str(p) for p in sorted((root / "imagesTr").glob("*.nii.gz"))[:count]]
 
 

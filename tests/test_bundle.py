@@ -62,3 +62,21 @@ def test_demo_training_command_end_to_end_and_resume(tmp_path):
     assert f"Restored all variables from {tmp_path / 'models/training_state.pt'}" in log
     assert "Epoch[4] Complete" in log and "Epoch[1] Complete" not in log
     assert torch.load(tmp_path / "models/training_state.pt", weights_only=True)["trainer"]["iteration"] == 24
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_processes_and_saves_plain_checkpoints(tmp_path):
+    """multi_gpu_train.json on CPU (gloo): two ranks, one best model without DDP's `module.` prefix."""
+    configs = "['bundle/configs/train.json','bundle/configs/demo.json','bundle/configs/multi_gpu_train.json']"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]
+    cmd = [*torchrun, "-m", "monai.bundle", "run", "training", "--config_file", configs]
+    cmd += ["--bundle_root", str(tmp_path), "--max_epochs", "1"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("best validation val_mean_dice:") == 2  # both ranks agree on the synced metric
+    wf = ConfigWorkflow(config_file=CONFIGS, workflow_type="train", bundle_root=str(tmp_path))
+    network = wf.parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True)["model"], strict=True)
+    state = torch.load(tmp_path / "models/training_state.pt", weights_only=True)
+    network.load_state_dict(state["network"], strict=True)
+    assert state["trainer"]["iteration"] == 3  # 12 training volumes, batch 2, split over 2 ranks

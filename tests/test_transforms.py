@@ -1,3 +1,6 @@
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -39,7 +42,7 @@ def test_volume_without_background_slices_fills_in_with_foreground():
 
 
 def test_demo_dataset_is_written_once_with_two_classes(tmp_path):
-    root = ensure_demo_dataset(tmp_path / "demo", num_cases=3, num_validation=1)
+    root = Path(ensure_demo_dataset(tmp_path / "demo", num_cases=3, num_validation=1))
     datalist = (root / "datalist.json").read_text()
     assert '"validation"' in datalist
     label = nib.load(root / "labelsTr/demo_000.nii.gz")
@@ -50,3 +53,11 @@ def test_demo_dataset_is_written_once_with_two_classes(tmp_path):
     mtime = (root / "datalist.json").stat().st_mtime_ns
     ensure_demo_dataset(root, num_cases=3, num_validation=1)
     assert (root / "datalist.json").stat().st_mtime_ns == mtime
+
+
+def test_demo_dataset_written_by_two_processes_at_once_is_whole(tmp_path):
+    with ProcessPoolExecutor(2) as pool:
+        roots = list(pool.map(ensure_demo_dataset, [tmp_path / "demo"] * 2, [3, 3], [1, 1]))
+    assert roots == [str(tmp_path / "demo")] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging folder left behind
+    assert len(list((tmp_path / "demo/imagesTr").iterdir())) == 3
