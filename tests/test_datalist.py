@@ -97,7 +97,7 @@ def test_dicom_datalist_label_glob(tmp_path: Path) -> None:
 
     with pytest.raises(UnmatchedFilesError) as err:  # default "{series}.*": nothing named ct-3slice.*
         build_datalist("dicom", root)
-    assert err.value.images_without_label == [root / "ct-3slice"]
+    assert err.value.images_without_label == [root.resolve() / "ct-3slice"]
     assert {p.name for p in err.value.labels_without_image} == {"liver.dcm", "liver_seg.nrrd", "liver_spine_seg.nrrd"}
     with pytest.raises(ValueError, match="ambiguous"):
         build_datalist("dicom", root, label_glob="*.nrrd")
