@@ -62,3 +62,14 @@ def test_modality_scaling(modality, value, expected):
 
     out = modality_scaling("image", modality)({"image": torch.full((1, 2, 2), value)})
     assert torch.allclose(out["image"], torch.tensor(expected))
+
+
+def test_dicom_series_with_dicom_seg_or_nrrd_label_through_the_bundle_transforms():
+    root = shared_data("dicom-ct-seg")
+    transform = _pipeline([TRAIN], "validate#preprocessing", modality="CT")
+    from_seg = transform({"image": str(root / "ct-3slice"), "label": str(root / "liver.dcm")})
+    from_nrrd = transform({"image": str(root / "ct-3slice"), "label": str(root / "liver_seg.nrrd")})
+    assert from_seg["image"].shape == from_seg["label"].shape == (1, 512, 512, 3)
+    assert torch.equal(from_seg["label"], from_nrrd["label"]) and int(from_seg["label"].sum()) == 107_098
+    assert torch.allclose(from_seg["label"].affine, from_nrrd["label"].affine)
+    assert 0.0 <= from_seg["image"].min() and from_seg["image"].max() <= 1.0
