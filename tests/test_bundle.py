@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -80,3 +81,15 @@ def test_multi_gpu_config_trains_with_two_processes_and_saves_plain_checkpoints(
     state = torch.load(tmp_path / "models/training_state.pt", weights_only=True)
     network.load_state_dict(state["network"], strict=True)
     assert state["trainer"]["iteration"] == 3  # 12 training volumes, batch 2, split over 2 ranks
+
+
+def test_training_and_inference_configs_build_the_same_network_and_inputs():
+    """inference.json repeats train.json's network and load chain (MONAI Label reads it alone): keep them equal."""
+    train = json.loads((REPO / "bundle/configs/train.json").read_text())
+    infer = json.loads((REPO / "bundle/configs/inference.json").read_text())
+    assert infer["load_transforms"] == train["load_transforms"]
+    assert {**infer["network_def"], "checkpoint": None} == {**train["network_def"], "checkpoint": None}
+    shared = [k[1:] for k in train["network_def"].values() if isinstance(k, str) and k.startswith("@")]
+    assert {k: infer[k] for k in shared if k != "sam_checkpoint"} == {
+        k: train[k] for k in shared if k != "sam_checkpoint"
+    }
