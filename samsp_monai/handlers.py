@@ -12,8 +12,8 @@ from monai.data import MetaTensor
 from monai.utils import IgniteInfo, convert_to_numpy, min_version, optional_import
 from monai.utils import ImageMetaKey as Key
 
-from samsp_monai.metrics import case_metrics, spacing_from_affine, summarise
-from samsp_monai.reports import save_overlay_png, write_case_csv, write_summary_json
+from .metrics import case_metrics, spacing_from_affine, summarise
+from .reports import save_overlay_png, write_case_csv, write_summary_json
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
