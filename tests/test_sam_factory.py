@@ -1,5 +1,7 @@
 """Official-checkpoint loading, against state dicts made by segment_anything's own builders."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,3 +76,20 @@ def test_non_state_dict_is_refused(tmp_path):
     torch.save({"model": build_sam("vit_test", 64).state_dict()}, path)
     with pytest.raises(CheckpointError, match="plain SAM state dict"):
         load_sam_checkpoint(build_sam("vit_test", 64), path, "vit_test")
+
+
+def test_large_files_lists_the_official_checkpoints_the_bundle_expects():
+    from conftest import REPO
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle/large_files.yml"))
+    files = {Path(f["path"]).name: f for f in parser.get()["large_files"]}
+    assert set(files) == {"sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth"}
+    for name, entry in files.items():
+        assert entry["path"] == f"models/{name}" and entry["url"].endswith("/" + name)
+        assert entry["hash_type"] == "md5" and entry["hash_val"].startswith(name.split("_")[-1][:-4])
+    train = ConfigParser()
+    train.read_config(str(REPO / "bundle/configs/train.json"))
+    train["bundle_root"] = "ROOT"
+    assert train.get_parsed_content("sam_checkpoint") == "ROOT/" + files["sam_vit_b_01ec64.pth"]["path"]
