@@ -111,10 +111,14 @@ class SAMSP(nn.Module):
 
     def labels(self, logits: Tensor) -> Tensor:
         """Per-class bool masks (B, N, h, w) of the argmax label map of foreground logits."""
-        label = F.pad(logits, (0, 0, 0, 0, 1, 0)).argmax(1, keepdim=True)
+        label = with_background(logits).argmax(1, keepdim=True)
         return label == torch.arange(1, self.num_classes + 1, device=logits.device)[:, None, None]
 
     def class_logits(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         """Foreground logits at mask resolution -> (B, N + 1, *size) with a zero background logit."""
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-        return F.pad(logits, (0, 0, 0, 0, 1, 0))
+        return with_background(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False))
+
+
+def with_background(logits: Tensor) -> Tensor:
+    """(B, N, ...) foreground logits -> (B, N + 1, ...) with the background logit fixed at 0 as channel 0."""
+    return F.pad(logits, (0, 0, 0, 0, 1, 0))
