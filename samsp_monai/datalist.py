@@ -122,6 +122,11 @@ def _is_dicom(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"
 
 
+def _is_series_folder(path: Path) -> bool:
+    """A folder holding DICOM files: one image series (its files are read together)."""
+    return path.is_dir() and any(map(_is_dicom, _visible_files(path)))
+
+
 def dicom_cases(root: Path, label_glob: str = "{series}.*") -> list[Case]:
     """DICOM series folders paired with label files by ``label_glob`` (see the module docstring)."""
     root = Path(root)
@@ -131,11 +136,7 @@ def dicom_cases(root: Path, label_glob: str = "{series}.*") -> list[Case]:
 
     candidates = label_files(label_glob.replace("{series}", "*"))
     label_folders = {p.parent for p in candidates}
-    images = {
-        d.name: d
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d not in label_folders and any(_is_dicom(p) for p in _visible_files(d))
-    }
+    images = {d.name: d for d in sorted(root.iterdir()) if d not in label_folders and _is_series_folder(d)}
     labels: dict[str, Path] = {}
     clashes: list[str] = []
     for name in images:
@@ -242,7 +243,7 @@ def inference_inputs(folder: str | Path) -> list[str]:
     """What `inference.json` segments in `folder`: volume and 2D image files, and DICOM series sub-folders."""
     folder = Path(folder)
     files = [p for p in _visible_files(folder) if _strip_suffix(p, IMAGE_SUFFIXES + VOLUME_SUFFIXES) is not None]
-    series = [d for d in sorted(folder.iterdir()) if d.is_dir() and any(map(_is_dicom, _visible_files(d)))]
+    series = [d for d in sorted(folder.iterdir()) if _is_series_folder(d)]
     if not files and not series:
         raise FileNotFoundError(f"{folder}: no images, volumes or DICOM series to segment")
     return [str(p) for p in sorted(files + series)]
