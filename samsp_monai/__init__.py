@@ -3,6 +3,7 @@
 from . import checkpoints, datalist, transforms
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
+from .errors import SAMSPError, install_short_errors
 from .loss import SAMSPLoss
 from .network import SAMSP, SAMSPOutput
 from .paths import default_bundle_root
@@ -11,6 +12,7 @@ from .sam_factory import SAM_VARIANTS, CheckpointError, build_sam, load_sam_chec
 __all__ = [
     "SAMSP",
     "SAMSPOutput",
+    "SAMSPError",
     "SAMSPLoss",
     "SAM_VARIANTS",
     "CheckpointError",
@@ -24,3 +26,5 @@ __all__ = [
     "require_checkpoint",
     "transforms",
 ]
+
+install_short_errors()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .atomic import atomic_write_text
+from .errors import SAMSPError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -46,7 +47,7 @@ class Case(NamedTuple):
     label: Path
 
 
-class UnmatchedFilesError(ValueError):
+class UnmatchedFilesError(SAMSPError, ValueError):
     """Images without labels or labels without images; the message lists every one of them."""
 
     def __init__(self, images_without_label: Iterable[Path], labels_without_image: Iterable[Path]):

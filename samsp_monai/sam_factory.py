@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from .errors import SAMSPError
+
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 16
@@ -45,7 +47,7 @@ SAM_VARIANTS: dict[str, SamSpec] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SAMSPError, ValueError):
     """A SAM checkpoint that is missing, unreadable or made for another variant."""
 
 

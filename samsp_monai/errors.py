@@ -1,0 +1,43 @@
+"""User-fixable errors: one short message that names the file or key, says what is wrong and what to do.
+
+MONAI's bundle runner wraps every failing config expression in `RuntimeError("Failed to evaluate ...")`,
+which buries the cause under hundreds of lines of traceback. `install_short_errors` replaces the default
+exception hook so that an uncaught chain holding a `SAMSPError` prints that error's message alone. Set
+`SAMSP_DEBUG=1` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+
+class SAMSPError(Exception):
+    """A problem with the user's files, settings or environment; its message is all the user needs to see."""
+
+
+def find_user_error(error: BaseException | None) -> SAMSPError | None:
+    """The first `SAMSPError` in an exception's cause/context chain, or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SAMSPError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def short_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    """Print only the user error's message (exit status stays 1); anything else gets the full traceback."""
+    user_error = None if os.environ.get("SAMSP_DEBUG") else find_user_error(error)
+    if user_error is None:
+        sys.__excepthook__(kind, error, tb)
+    else:
+        print(f"samsp-monai error: {user_error}\n(set SAMSP_DEBUG=1 for the full traceback)", file=sys.stderr)
+
+
+def install_short_errors() -> None:
+    """Use `short_excepthook` unless another tool already replaced the default hook."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = short_excepthook
