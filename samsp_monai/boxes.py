@@ -18,12 +18,10 @@ def masks_to_boxes(masks: Tensor, scale: int = 1) -> tuple[Tensor, Tensor]:
     empty = ~rows.any(-1)
     ys = torch.arange(h, device=masks.device)
     xs = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ys, h).amin(-1)
-    y1 = torch.where(rows, ys, -1).amax(-1)
-    x0 = torch.where(cols, xs, w).amin(-1)
-    x1 = torch.where(cols, xs, -1).amax(-1)
-    boxes = torch.stack([x0, y0, x1, y1], -1)
-    whole = torch.tensor([0, 0, w - 1, h - 1], device=masks.device)
-    boxes = torch.where(empty[..., None], whole, boxes)
-    boxes = boxes * scale + torch.tensor([0, 0, scale - 1, scale - 1], device=masks.device)
+    # Device-side only (no tensors built from Python lists), so a CUDA stream never waits on the host.
+    y0 = torch.where(rows, ys, h).amin(-1).masked_fill(empty, 0)
+    y1 = torch.where(rows, ys, -1).amax(-1).masked_fill(empty, h - 1)
+    x0 = torch.where(cols, xs, w).amin(-1).masked_fill(empty, 0)
+    x1 = torch.where(cols, xs, -1).amax(-1).masked_fill(empty, w - 1)
+    boxes = torch.stack([x0 * scale, y0 * scale, x1 * scale + scale - 1, y1 * scale + scale - 1], -1)
     return boxes.float(), empty

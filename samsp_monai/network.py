@@ -92,19 +92,17 @@ class SAMSP(nn.Module):
         """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous`."""
         pe = self.sam.prompt_encoder.get_dense_pe()
         if previous is None:
-            # segment_anything batches B images against one prompt row: the no-prompt case.
+            # One prompt row shared by the B images: the no-prompt case.
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
             return self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
         scale = self.img_size // previous.shape[-1]
         boxes, empty = masks_to_boxes(self.labels(previous), scale)
-        # One decoder call per image with a box row per class (the decoder repeats embeddings per row);
-        # the mask of class c is token c of box row c.
-        masks = []
-        for embedding, image_boxes in zip(embeddings, boxes, strict=True):
-            sparse, dense = self.sam.prompt_encoder(points=None, boxes=image_boxes, masks=None)
-            rows = self.sam.mask_decoder(embedding[None], pe, sparse, dense, multimask_output=True)[0]
-            masks.append(rows.diagonal(dim1=0, dim2=1).permute(2, 0, 1))
-        refined = torch.stack(masks)
+        # One decoder call for all B images x N class boxes: row (b, c) attends to image b, and the mask of
+        # class c is token c of its box row.
+        b, n = boxes.shape[:2]
+        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
+        rows = self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
+        refined = rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
         if self.empty_box == "keep_previous":
             refined = torch.where(empty[..., None, None], previous, refined)
         return refined

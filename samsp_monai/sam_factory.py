@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import ImageEncoderViT, PromptEncoder, Sam, TwoWayTransformer
 
+from .batched_decoder import BatchedMaskDecoder
 from .errors import SAMSPError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class CheckpointError(SAMSPError, ValueError):
 def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1) -> Sam:
     """SAM with an image encoder for `img_size` inputs and one mask token per foreground class.
 
-    The decoder gets `num_classes` multimask outputs; token 0 (SAM's single-mask token) is unused.
+    The decoder gets `num_classes` multimask outputs; token 0 (SAM's single-mask token) is unused. It is a
+    `BatchedMaskDecoder`, so a batch of images with their own prompts runs as one call.
     """
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_VARIANTS)}")
@@ -83,7 +85,7 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
             input_image_size=(img_size, img_size),
             mask_in_chans=16,
         ),
-        mask_decoder=MaskDecoder(
+        mask_decoder=BatchedMaskDecoder(
             num_multimask_outputs=num_classes,
             transformer=TwoWayTransformer(
                 depth=2, embedding_dim=spec.prompt_dim, mlp_dim=spec.decoder_mlp_dim, num_heads=spec.decoder_heads

@@ -15,11 +15,13 @@ def _count_encoder_calls(net) -> list[int]:
 def test_image_encoder_runs_once_per_forward(iterations):
     net = small_samsp(iterations=iterations).eval()
     calls = _count_encoder_calls(net)
-    decoder_calls = [0]
-    net.sam.mask_decoder.register_forward_hook(lambda *_: decoder_calls.__setitem__(0, decoder_calls[0] + 1))
+    transformer_calls = [0]
+    net.sam.mask_decoder.transformer.register_forward_hook(
+        lambda *_: transformer_calls.__setitem__(0, transformer_calls[0] + 1)
+    )
     net(torch.rand(2, 1, 64, 64))
     assert calls[0] == 1
-    assert decoder_calls[0] == 1 + 2 * iterations  # one batched prompt-free call, then one call per image
+    assert transformer_calls[0] == 1 + iterations  # one decoder transformer call per pass for the whole batch
 
 
 def test_training_returns_both_passes_and_eval_returns_final_logits():

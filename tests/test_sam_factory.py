@@ -9,6 +9,7 @@ from conftest import small_samsp
 from segment_anything import sam_model_registry
 
 from samsp_monai import SAMSP, CheckpointError, build_sam, load_sam_checkpoint
+from samsp_monai.batched_decoder import BatchedMaskDecoder
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,13 @@ def test_official_layout_loads_at_1024_and_matches_segment_anything(official_vit
     x = torch.rand(1, 3, 1024, 1024)
     with torch.no_grad():
         torch.testing.assert_close(ours.image_encoder(x), sam.eval().image_encoder(x))
+
+
+def test_batched_decoder_keeps_the_official_state_dict_layout(official_vit_b):
+    sam, _ = official_vit_b
+    ours = build_sam("vit_b", 1024, num_classes=3)  # the official decoder has 3 multimask tokens
+    assert isinstance(ours.mask_decoder, BatchedMaskDecoder)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in sam.state_dict().items()}
 
 
 def test_official_layout_loads_at_256_with_resized_positions(official_vit_b):
