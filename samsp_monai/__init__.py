@@ -1,6 +1,6 @@
 """SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
 
-from . import checkpoints, datalist, transforms
+from . import checkpoints, datalist, precision, transforms
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
@@ -22,6 +22,7 @@ __all__ = [
     "default_bundle_root",
     "ensure_demo_dataset",
     "load_sam_checkpoint",
+    "precision",
     "masks_to_boxes",
     "require_checkpoint",
     "transforms",

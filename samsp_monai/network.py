@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import masks_to_boxes
+from .errors import SAMSPError
 from .lora import EncoderTraining, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint
 
@@ -38,6 +39,7 @@ class SAMSP(nn.Module):
     single-pass (SAMed-style) baseline; `iterations` is K at inference (training always uses one self-prompt).
     `empty_box` sets what happens to a class whose previous mask is empty: `keep_previous` keeps that
     prediction (a model that found nothing stays silent), `full_image` prompts with the whole image.
+    `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
     """
 
     def __init__(
@@ -55,17 +57,23 @@ class SAMSP(nn.Module):
         self_prompt: bool = True,
         iterations: int = 1,
         empty_box: EmptyBox = "keep_previous",
+        encoder_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (CT/MR) or 3 (RGB), got {in_channels}")
         if empty_box not in ("keep_previous", "full_image"):
             raise ValueError(f"empty_box must be 'keep_previous' or 'full_image', got {empty_box!r}")
+        if not isinstance(encoder_checkpointing, bool):
+            raise SAMSPError(
+                f"config key 'encoder_checkpointing' must be True or False (a bool), got {encoder_checkpointing!r}"
+            )
         self.img_size, self.num_classes, self.in_channels = img_size, num_classes, in_channels
         self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
+        self.sam.image_encoder.checkpointing = encoder_checkpointing
         adapt_encoder(self.sam.image_encoder, encoder_training, lora_rank, lora_alpha, lora_targets, lora_dropout)
         log_trainable(self, f"SAM-SP {variant} (encoder: {encoder_training})")
 
@@ -113,8 +121,12 @@ class SAMSP(nn.Module):
         return label == torch.arange(1, self.num_classes + 1, device=logits.device)[:, None, None]
 
     def class_logits(self, logits: Tensor, size: Sequence[int]) -> Tensor:
-        """Foreground logits at mask resolution -> (B, N + 1, *size) with a zero background logit."""
-        return with_background(F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False))
+        """Foreground logits at mask resolution -> float32 (B, N + 1, *size) with a zero background logit.
+
+        float32 whatever the autocast dtype, so losses, softmax and thresholds never see bf16/fp16 logits.
+        """
+        logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+        return with_background(logits)
 
 
 def with_background(logits: Tensor) -> Tensor:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import ImageEncoderViT, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import PromptEncoder, Sam, TwoWayTransformer
 
 from .batched_decoder import BatchedMaskDecoder
 from .errors import SAMSPError
+from .image_encoder import CheckpointingImageEncoderViT
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
     """SAM with an image encoder for `img_size` inputs and one mask token per foreground class.
 
     The decoder gets `num_classes` multimask outputs; token 0 (SAM's single-mask token) is unused. It is a
-    `BatchedMaskDecoder`, so a batch of images with their own prompts runs as one call.
+    `BatchedMaskDecoder`, so a batch of images with their own prompts runs as one call, and the encoder a
+    `CheckpointingImageEncoderViT` (checkpointing off until its `checkpointing` flag is set).
     """
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_VARIANTS)}")
@@ -65,7 +67,7 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
     spec = SAM_VARIANTS[variant]
     grid = img_size // PATCH_SIZE
     return Sam(
-        image_encoder=ImageEncoderViT(
+        image_encoder=CheckpointingImageEncoderViT(
             depth=spec.depth,
             embed_dim=spec.embed_dim,
             img_size=img_size,
