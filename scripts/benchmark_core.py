@@ -27,7 +27,7 @@ from samsp_monai.lora import count_parameters
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed(step: Callable[[], object], x: torch.Tensor) -> float:
+def timed(step: Callable[[], object], x: torch.Tensor) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -38,26 +38,39 @@ def _timed(step: Callable[[], object], x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def inference_ratio(variant: str, size: int, classes: int, repeats: int, device: str) -> dict[str, float]:
+def inference_ratio(
+    variant: str, size: int, classes: int, repeats: int, device: str, batch: int = 1, dtype: torch.dtype | None = None
+) -> dict[str, float]:
     """Median forward time of SAM-SP (K=1) and of the single pass on the same weights and input, run in
     adjacent pairs, with the median of the per-pair ratios (adjacent runs share the machine's load); plus
-    the median cost of the encoder and of one decoder pass, whose sum gives the ratio without that noise."""
+    the median cost of the encoder and of one decoder pass, whose sum gives the ratio without that noise.
+    `dtype` runs everything under autocast to that dtype (AMP)."""
     net = SAMSP(variant, img_size=size, num_classes=classes, in_channels=1).to(device).eval()
-    x = torch.rand(1, 1, size, size, device=device)
+    x = torch.rand(batch, 1, size, size, device=device)
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
     times: dict[bool, list[float]] = {True: [], False: []}
-    for i in range(repeats + 1):
-        for self_prompt in (True, False):
-            net.self_prompt = self_prompt
-            elapsed = _timed(lambda: net(x), x)
-            if i:  # the first round warms up caches and kernels
-                times[self_prompt].append(elapsed)
-    embeddings = net.sam.image_encoder(net.preprocess(x))
-    first = net.decode(embeddings)
-    encoder = statistics.median(_timed(lambda: net.sam.image_encoder(net.preprocess(x)), x) for _ in range(repeats))
-    decoder = statistics.median(_timed(lambda: net.decode(embeddings, first), x) for _ in range(repeats))
+    with autocast:
+        for i in range(repeats + 1):
+            for self_prompt in (True, False):
+                net.self_prompt = self_prompt
+                elapsed = timed(lambda: net(x), x)
+                if i:  # the first round warms up caches and kernels
+                    times[self_prompt].append(elapsed)
+        embeddings = net.sam.image_encoder(net.preprocess(x))
+        first = net.decode(embeddings)
+        encoder = statistics.median(timed(lambda: net.sam.image_encoder(net.preprocess(x)), x) for _ in range(repeats))
+        decoder = statistics.median(timed(lambda: net.decode(embeddings, first), x) for _ in range(repeats))
     pairs = statistics.median(a / b for a, b in zip(times[True], times[False], strict=True))
     samsp, single = statistics.median(times[True]), statistics.median(times[False])
-    return {"samsp_s": samsp, "single_s": single, "ratio": pairs, "encoder_s": encoder, "pass_s": decoder}
+    parts = (encoder + 2 * decoder) / (encoder + decoder)
+    return {
+        "samsp_s": samsp,
+        "single_s": single,
+        "ratio": pairs,
+        "encoder_s": encoder,
+        "pass_s": decoder,
+        "parts": parts,
+    }
 
 
 def demo_wall_time() -> float:
@@ -101,7 +114,7 @@ def main() -> None:
         r = inference_ratio(args.variant, size, args.classes, args.repeats, args.device)
         print(
             f"| {size} | {r['samsp_s']:.4f} | {r['single_s']:.4f} | {r['ratio']:.3f} | {r['encoder_s']:.4f} "
-            f"| {r['pass_s']:.4f} | {(r['encoder_s'] + 2 * r['pass_s']) / (r['encoder_s'] + r['pass_s']):.3f} |"
+            f"| {r['pass_s']:.4f} | {r['parts']:.3f} |"
         )
 
     net = SAMSP(args.variant, img_size=1024, num_classes=args.classes, lora_rank=4)
