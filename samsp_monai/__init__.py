@@ -1,6 +1,6 @@
 """SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
 
-from . import checkpoints, datalist, precision, transforms
+from . import case_isolation, checkpoints, datalist, input_checks, output_guard, precision, transforms
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
@@ -17,13 +17,16 @@ __all__ = [
     "SAM_VARIANTS",
     "CheckpointError",
     "build_sam",
+    "case_isolation",
     "checkpoints",
     "datalist",
     "default_bundle_root",
     "ensure_demo_dataset",
+    "input_checks",
     "load_sam_checkpoint",
     "precision",
     "masks_to_boxes",
+    "output_guard",
     "require_checkpoint",
     "transforms",
 ]

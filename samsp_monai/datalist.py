@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .atomic import atomic_write_text
+from .dicom_series import is_dicom_file
 from .errors import SAMSPError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -58,10 +59,25 @@ class UnmatchedFilesError(SAMSPError, ValueError):
         super().__init__(f"{len(lines)} unmatched file(s):\n" + "\n".join(lines))
 
 
+class DataFolderError(SAMSPError, FileNotFoundError):
+    """A data folder that is missing or holds nothing to segment."""
+
+
+class EmptyDatalistError(SAMSPError, ValueError):
+    """The layout found no case at all: a wrong root or layout, not a data set to train on."""
+
+
+LAYOUT_HINTS = {
+    "msd": "expected imagesTr/*.nii.gz with same-named files in labelsTr/",
+    "dicom": "expected one sub-folder of DICOM files per series, each with a label file matching --label_glob",
+    "images": "expected images/ and masks/ folders of PNG/JPG/BMP/TIF files with matching names",
+}
+
+
 def _visible_files(folder: Path) -> list[Path]:
     """Regular files, minus hidden ones and macOS ``._*`` resource forks that share the data's names."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
+        raise DataFolderError(f"folder not found: {folder}")
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
@@ -117,15 +133,9 @@ def image_cases(root: Path, images_dir: str = "images", masks_dir: str = "masks"
     return _pair(by_stem(images_dir), by_stem(masks_dir))
 
 
-def _is_dicom(path: Path) -> bool:
-    """DICOM Part 10 files carry ``DICM`` after a 128-byte preamble, whatever their suffix."""
-    with path.open("rb") as f:
-        return f.read(132)[128:] == b"DICM"
-
-
 def _is_series_folder(path: Path) -> bool:
     """A folder holding DICOM files: one image series (its files are read together)."""
-    return path.is_dir() and any(map(_is_dicom, _visible_files(path)))
+    return path.is_dir() and any(map(is_dicom_file, _visible_files(path)))
 
 
 def dicom_cases(root: Path, label_glob: str = "{series}.*") -> list[Case]:
@@ -228,6 +238,8 @@ def build_datalist(
     if layout not in finders:
         raise ValueError(f"unknown layout {layout!r}, expected one of {sorted(finders)}")
     cases = finders[layout](root, **layout_options)
+    if not cases:
+        raise EmptyDatalistError(f"no {layout!r} cases found in {root}: {LAYOUT_HINTS[layout]}")
     if train_list is None and val_list is None and (root / "train.txt").is_file() and (root / "val.txt").is_file():
         train_list, val_list = root / "train.txt", root / "val.txt"
     splits = split_cases(
@@ -246,5 +258,8 @@ def inference_inputs(folder: str | Path) -> list[str]:
     files = [p for p in _visible_files(folder) if _strip_suffix(p, IMAGE_SUFFIXES + VOLUME_SUFFIXES) is not None]
     series = [d for d in sorted(folder.iterdir()) if _is_series_folder(d)]
     if not files and not series:
-        raise FileNotFoundError(f"{folder}: no images, volumes or DICOM series to segment")
+        raise DataFolderError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}), volumes ({', '.join(VOLUME_SUFFIXES)}) "
+            "or DICOM series folders to segment; check --dataset_dir"
+        )
     return [str(p) for p in sorted(files + series)]

@@ -24,10 +24,11 @@ import pydicom_seg
 import SimpleITK as sitk
 from monai.config import PathLike
 from monai.data import ImageReader, ITKReader
+from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 from pydicom.errors import InvalidDicomError
 
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+from .dicom_series import SEG_SOP_CLASS_UID
 
 
 def is_dicom_seg(path: PathLike) -> bool:
@@ -140,3 +141,16 @@ class DicomSegReader(ImageReader):
             if files:
                 return files
         raise FileNotFoundError(f"{seg_path}: referenced series {series_uid} not found in {', '.join(searched)}")
+
+
+def load_images_and_segs(keys: Sequence[str] | str, **kwargs) -> LoadImaged:
+    """MONAI's `LoadImaged` choosing each file's reader by its type, with `DicomSegReader` asked first.
+
+    Passing `reader=DicomSegReader()` instead makes MONAI *try* every registered reader in turn and log an
+    "unable to load" line for each refusal (one per NIfTI, five per DICOM series), and a damaged file then
+    fails with the tracebacks of every reader. Chosen by type, a file meets only its own reader, whose
+    error says what is wrong.
+    """
+    loader = LoadImaged(keys, **kwargs)
+    loader.register(DicomSegReader())
+    return loader
