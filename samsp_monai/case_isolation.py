@@ -19,7 +19,7 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import optional_import
 
 from .errors import SAMSPError
-from .input_checks import describe_failure
+from .input_checks import case_name, describe_failure
 
 Events, _ = optional_import("ignite.engine", name="Events")
 logger = logging.getLogger(__name__)
@@ -39,8 +39,7 @@ class CaseReportingDataset(Dataset):
         try:
             return super()._transform(index)
         except Exception as e:  # any failure of one case is that case's, reported and skipped
-            item = self.data[index]
-            case = str(item.get("image", index)) if isinstance(item, Mapping) else str(item)
+            case = case_name(self.data[index])
             return {CASE_KEY: case, FAILED_KEY: describe_failure(e, case)}
 
 

@@ -159,9 +159,12 @@ def describe_failure(error: BaseException, case: str) -> str:
     )
 
 
-def _case_name(item: Mapping[str, Any]) -> str:
-    image = item.get("image")
-    return str(image) if image is not None else str(dict(item))
+def case_name(item: Any) -> str:
+    """A datalist item's files, for messages about a case whose files could not be read."""
+    if not isinstance(item, Mapping):
+        return str(item)
+    files = {k: v for k, v in item.items() if k in ("image", "label")}
+    return str(files.get("image")) if list(files) == ["image"] else " and ".join(map(str, files.values()))
 
 
 def _has_foreground(item: Mapping[str, Any]) -> bool:
@@ -187,7 +190,7 @@ def check_training_data(
             try:
                 loaded = load(dict(item))
             except Exception as e:
-                problems.append(f"  [{split}] {describe_failure(e, _case_name(item))}")
+                problems.append(f"  [{split}] {describe_failure(e, case_name(item))}")
                 continue
             with_foreground += split == "training" and _has_foreground(loaded)
     cases = len(training) + len(validation)

@@ -206,7 +206,11 @@ def test_training_data_check_lists_every_bad_case_at_once(volume_chain, msd, tmp
         check_training_data(training, [good, {"image": str(image), "label": str(high)}], volume_chain)
     message = str(raised.value)
     assert message.startswith("3 of 5 cases cannot be used:\n")
-    for line in (f"[training] image {nan}: 2 of", f"[training] {broken}: cannot be read", f"[validation] label {high}"):
+    for line in (
+        f"[training] image {nan}: 2 of",
+        f"[training] {broken} and {label}: cannot be read",
+        f"[validation] label {high}",
+    ):
         assert line in message
     check_training_data([good], [good], volume_chain)  # a good data set passes
 
