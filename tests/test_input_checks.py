@@ -181,6 +181,12 @@ def test_dicom_series_with_a_position_gap_is_refused(volume_chain, series):
     assert "gaps at -129.69->-127.69 mm)" in message
 
 
+def test_dicom_series_with_two_slices_at_one_position_is_refused(volume_chain, series):
+    add_slice(series, "03.dcm", "04.dcm", instance=4, step_mm=0.0)
+    message = refusal(volume_chain, {"image": str(series)})
+    assert f"DICOM series {series}: two slices share one position" in message
+
+
 def test_folder_holding_two_series_is_refused_naming_both(volume_chain, series):
     second_uid = add_second_series(series)
     message = refusal(volume_chain, {"image": str(series)})
