@@ -42,7 +42,9 @@ def _check_dims(array: torch.Tensor, role: str, channels: int, spatial_dims: int
     """Channel-first arrays: `channels` channels and `spatial_dims` spatial axes, else a message saying what to do."""
     source, shape = source_of(array), tuple(array.shape[1:])
     if array.ndim - 1 != spatial_dims:
-        if spatial_dims == 3:
+        if role == "label":
+            fix = "a label must have the dimensions of its image"
+        elif spatial_dims == 3:
             fix = "use bundle/configs/image2d.json for 2D images, or save it as a volume with one slice"
         else:
             fix = "drop bundle/configs/image2d.json from --config_file to segment volumes"

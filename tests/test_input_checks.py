@@ -98,9 +98,10 @@ def test_bad_volume_image_is_refused_naming_it(volume_chain, msd, tmp_path, chan
         (with_nonfinite(np.nan, count=1), "non-integer values [nan]"),
         (cropped, "shape (33, 51, 35) differs from its image"),
         (shifted, "affine differs from its image"),
-        (four_d, "label /"),
+        (four_d, "2 channels, expected 1; a label must be one map of class indices"),
+        (two_d, "2D (shape (35, 51)) but this config expects 3D; a label must have the dimensions of its image"),
     ],
-    ids=["above", "negative", "fractional", "nan", "shape", "affine", "4d"],
+    ids=["above", "negative", "fractional", "nan", "shape", "affine", "4d", "2d"],
 )
 def test_bad_label_is_refused_naming_it(volume_chain, msd, tmp_path, change, expected):
     image, label = msd
