@@ -28,7 +28,7 @@ from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 from pydicom.errors import InvalidDicomError
 
-from .dicom_series import SEG_SOP_CLASS_UID
+from .dicom_series import SEG_SOP_CLASS_UID, CheckedSeriesReader
 
 
 def is_dicom_seg(path: PathLike) -> bool:
@@ -144,7 +144,8 @@ class DicomSegReader(ImageReader):
 
 
 def load_images_and_segs(keys: Sequence[str] | str, **kwargs) -> LoadImaged:
-    """MONAI's `LoadImaged` choosing each file's reader by its type, with `DicomSegReader` asked first.
+    """MONAI's `LoadImaged` choosing each file's reader by its type: DICOM SEG files go to `DicomSegReader`,
+    DICOM series folders to `CheckedSeriesReader` (refuses incomplete series), the rest to MONAI's defaults.
 
     Passing `reader=DicomSegReader()` instead makes MONAI *try* every registered reader in turn and log an
     "unable to load" line for each refusal (one per NIfTI, five per DICOM series), and a damaged file then
@@ -152,5 +153,6 @@ def load_images_and_segs(keys: Sequence[str] | str, **kwargs) -> LoadImaged:
     error says what is wrong.
     """
     loader = LoadImaged(keys, **kwargs)
+    loader.register(CheckedSeriesReader())
     loader.register(DicomSegReader())
     return loader

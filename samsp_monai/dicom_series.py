@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from monai.data import ITKReader
+from monai.utils import ensure_tuple
 from pydicom.uid import UID
 
 from .errors import SAMSPError
@@ -80,6 +82,15 @@ def _one_series(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]) -> Non
         )
 
 
+def _same_size(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]) -> None:
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in slices}
+    if len(sizes) > 1:
+        odd = [f"{path.name} {ds.Rows}x{ds.Columns}" for path, ds in slices][:10]
+        raise DicomSeriesError(
+            f"DICOM series {folder}: slices of different sizes ({', '.join(odd)}); one volume needs one size."
+        )
+
+
 def _instances_complete(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]) -> None:
     numbers = [ds.get("InstanceNumber") for _, ds in slices]
     if len(slices) < 2 or any(n is None for n in numbers):
@@ -125,5 +136,22 @@ def check_series_folder(folder: str | Path) -> None:
     folder = Path(folder)
     slices = _read_slices(folder)
     _one_series(folder, slices)
+    _same_size(folder, slices)
     _instances_complete(folder, slices)
     _spacing_regular(folder, slices)
+
+
+class CheckedSeriesReader(ITKReader):
+    """MONAI's ITKReader for DICOM series folders, which refuses an incomplete series before ITK reads it.
+
+    ITK reads whatever slices it can (see the module docstring); this reader claims folders only, so in
+    `LoadImage`'s choice by type it takes series folders and leaves files to the other readers.
+    """
+
+    def verify_suffix(self, filename) -> bool:
+        return all(Path(f).is_dir() for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        for folder in ensure_tuple(data):
+            check_series_folder(folder)
+        return super().read(data, **kwargs)

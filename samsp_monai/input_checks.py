@@ -2,16 +2,16 @@
 
 `CheckInputsd` runs in the shared `load_transforms` right after loading, so training, validation,
 inference, evaluation and MONAI Label all see the same checks: finite intensities, integer labels within
-the declared classes, image and label on one grid, the dimensions and channels the config expects, and
-complete DICOM series. `check_training_data` runs the same load chain over a training datalist before any
-network is built, so every bad case is listed at once instead of one crash mid-epoch.
+the declared classes, image and label on one grid, the dimensions and channels the config expects. (DICOM
+series are checked for completeness before they are read, by `dicom_series.CheckedSeriesReader`.)
+`check_training_data` runs the same load chain over a training datalist before any network is built, so
+every bad case is listed at once instead of one crash mid-epoch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +20,6 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
-from .dicom_series import check_series_folder
 from .errors import SAMSPError, find_user_error
 
 logger = logging.getLogger(__name__)
@@ -134,8 +133,6 @@ class CheckInputsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d[self.image_key]
-        if Path(source_of(image)).is_dir():
-            check_series_folder(source_of(image))
         _check_dims(image, "image", self.in_channels, self.spatial_dims)
         _check_finite(image)
         label = d.get(self.label_key) if self.label_key is not None else None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from bad_files import (
     add_second_series,
@@ -186,6 +187,14 @@ def test_dicom_series_with_two_slices_at_one_position_is_refused(volume_chain, s
     add_slice(series, "03.dcm", "04.dcm", instance=4, step_mm=0.0)
     message = refusal(volume_chain, {"image": str(series)})
     assert f"DICOM series {series}: two slices share one position" in message
+
+
+def test_dicom_series_with_slices_of_another_size_is_refused(volume_chain, series):
+    ds = pydicom.dcmread(series / "02.dcm")
+    ds.Rows = 256
+    ds.save_as(series / "02.dcm")
+    message = refusal(volume_chain, {"image": str(series)})
+    assert f"DICOM series {series}: slices of different sizes (01.dcm 512x512, 02.dcm 256x512" in message
 
 
 def test_folder_holding_two_series_is_refused_naming_both(volume_chain, series):
