@@ -183,6 +183,7 @@ def check_training_data(
     """
     if not training:
         raise InputDataError("the training datalist is empty; check --datalist_file and --dataset_dir")
+    logger.info("checking %d cases through the load chain before training", len(training) + len(validation))
     problems, with_foreground = [], 0
     for split, items in (("training", training), ("validation", validation)):
         for item in items:
