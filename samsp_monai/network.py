@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .boxes import masks_to_boxes
 from .errors import SAMSPError
-from .lora import EncoderTraining, adapt_encoder, log_trainable
+from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint
 
 EmptyBox = Literal["keep_previous", "full_image"]
@@ -54,6 +54,7 @@ class SAMSP(nn.Module):
         lora_alpha: float | None = None,
         lora_targets: Sequence[str] = ("qkv",),
         lora_dropout: float = 0.0,
+        lora_layout: LoraLayout = "qkv",
         self_prompt: bool = True,
         iterations: int = 1,
         empty_box: EmptyBox = "keep_previous",
@@ -74,7 +75,9 @@ class SAMSP(nn.Module):
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
         self.sam.image_encoder.checkpointing = encoder_checkpointing
-        adapt_encoder(self.sam.image_encoder, encoder_training, lora_rank, lora_alpha, lora_targets, lora_dropout)
+        adapt_encoder(
+            self.sam.image_encoder, encoder_training, lora_rank, lora_alpha, lora_targets, lora_dropout, lora_layout
+        )
         log_trainable(self, f"SAM-SP {variant} (encoder: {encoder_training})")
 
     def forward(self, x: Tensor) -> Tensor | SAMSPOutput:
