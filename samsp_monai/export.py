@@ -1,0 +1,72 @@
+"""Export a trained SAM-SP with its LoRA folded into the base weights, for serving without peft.
+
+The merged file holds a plain segment_anything state dict (the keys of `Sam.state_dict()`, loadable into
+`build_sam(variant, img_size, num_classes)`) and the SAM-SP settings that rebuild the network around it.
+SAM-SP adds no parameters beyond SAM: its head is the decoder's N + 1 mask tokens, their hypernetwork MLPs
+and IoU rows, which live in that state dict; self-prompting, K and the empty-box rule are settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoints import atomic_save
+from .errors import SAMSPError
+from .lora import has_lora, merged_state_dict
+from .network import SAMSP
+
+logger = logging.getLogger(__name__)
+
+MERGED_FORMAT = "samsp-merged-v1"
+ADAPTER_ARGS = ("encoder_training", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "lora_layout")
+
+
+def unadapted_args(network_args: Mapping[str, Any]) -> dict[str, Any]:
+    """SAMSP arguments for the same network without adapters and without loading SAM's own checkpoint."""
+    args = {k: v for k, v in network_args.items() if k not in ADAPTER_ARGS and k != "checkpoint"}
+    return args | {"encoder_training": "frozen", "checkpoint": None}
+
+
+def merged_export(net: SAMSP, network_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The merged file's content for `net` (built with `network_args`); `net` itself is left unchanged."""
+    return {"format": MERGED_FORMAT, "sam": merged_state_dict(net.sam), "network_args": unadapted_args(network_args)}
+
+
+def load_merged_state(net: SAMSP, sam_state: Mapping[str, Tensor], source: str = "merged weights") -> SAMSP:
+    """Load merged SAM weights into an unadapted `net`; an adapted one is refused, so no update applies twice."""
+    if has_lora(net):
+        raise SAMSPError(
+            f"{source}: the LoRA update is already folded into these weights; load them into a network built "
+            "with encoder_training 'frozen' or 'full' (samsp_monai.export.load_merged does), not a LoRA one"
+        )
+    net.sam.load_state_dict(sam_state)
+    return net
+
+
+def load_merged(path: str | Path) -> SAMSP:
+    """The unadapted SAM-SP network (eval mode) stored in a merged export file."""
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(content, dict) or content.get("format") != MERGED_FORMAT:
+        raise SAMSPError(
+            f"{path}: not a merged SAM-SP export (no format {MERGED_FORMAT!r}); write one with scripts/export_merged.py"
+        )
+    return load_merged_state(SAMSP(**content["network_args"]), content["sam"], str(path)).eval()
+
+
+def export_merged(model_path: str | Path, network_args: Mapping[str, Any], out_path: str | Path) -> Path:
+    """Read a trained `model.pt` (`{"model": state_dict}`), fold its LoRA in and write the merged file."""
+    net = SAMSP(**(dict(network_args) | {"checkpoint": None}))
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    except RuntimeError as err:
+        raise SAMSPError(f"{model_path}: does not match the network the config describes ({err})") from err
+    atomic_save(merged_export(net, network_args), out_path)
+    logger.info("wrote merged SAM-SP weights of %s to %s", model_path, out_path)
+    return Path(out_path)

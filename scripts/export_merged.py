@@ -1,0 +1,63 @@
+"""Fold a trained SAM-SP's LoRA into its base weights and write one file that loads without peft
+(logic: samsp_monai.export). The network is described by the bundle config plus `--key value` overrides, as for
+`python -m monai.bundle run`; load the result with `samsp_monai.export.load_merged(path)`.
+
+Usage:
+    python scripts/export_merged.py                        # bundle/models/model.pt -> bundle/models/model_merged.pt
+    python scripts/export_merged.py --model run1/model.pt --out run1/merged.pt --sam_variant vit_l --lora_layout q_v
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser
+
+from samsp_monai.errors import SAMSPError
+from samsp_monai.export import export_merged
+from samsp_monai.paths import default_bundle_root
+
+BUNDLE = Path(default_bundle_root())
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config_file", nargs="+", default=[str(BUNDLE / "configs/inference.json")])
+    parser.add_argument("--model", default=str(BUNDLE / "models/model.pt"), help="trained checkpoint to merge")
+    parser.add_argument("--out", default=str(BUNDLE / "models/model_merged.pt"), help="merged file to write")
+    args, rest = parser.parse_known_args(argv)
+    if len(rest) % 2 or not all(key.startswith("--") for key in rest[::2]):
+        parser.error(f"overrides must be --key value pairs, got {rest}")
+    return args, {key[2:]: _literal(value) for key, value in zip(rest[::2], rest[1::2], strict=True)}
+
+
+def _literal(value: str) -> Any:
+    """Python literal rules, as `monai.bundle` parses command-line overrides."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def network_args(config_files: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resolved arguments of the config's `network_def` (SAMSP), after the overrides."""
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser.update(overrides)
+    return {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"] if k != "_target_"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = parse_args(argv)
+    if not Path(args.model).is_file():
+        raise SAMSPError(f"{args.model}: no trained model there; train first or pass --model <file>")
+    out = export_merged(args.model, network_args(args.config_file, overrides), args.out)
+    print(f"merged LoRA of {args.model} into plain SAM weights: wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
