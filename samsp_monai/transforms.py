@@ -22,6 +22,9 @@ class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
     `round(fg_fraction * num_samples)` slices show foreground of `label_key` and the rest show none, so a
     prompt-free model also learns to say "nothing here". Slicing happens inside the pipeline because
     MONAI Label hands the trainer whole volumes. When a volume lacks one kind of slice, the other fills in.
+    Slices are drawn without replacement while a kind has enough of them; when it has fewer slices than
+    requested, every one is taken before any repeats (each appears equally often, give or take one), so the
+    foreground share stays as configured.
     """
 
     def __init__(
@@ -49,9 +52,17 @@ class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
             n_fg = self.num_samples
         elif not len(fg):
             n_fg = 0
-        picks = [self.R.choice(fg, n_fg)] if n_fg else []
-        picks += [self.R.choice(bg, self.num_samples - n_fg)] if self.num_samples - n_fg else []
-        self.indices = [int(i) for i in np.concatenate(picks)]
+        picks = np.concatenate([self._draw(fg, n_fg), self._draw(bg, self.num_samples - n_fg)])
+        self.indices = [int(i) for i in picks]
+
+    def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
+        """`n` of `pool`: distinct while the pool lasts, then each slice once more before any a third time."""
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        rounds, rest = divmod(n, len(pool))
+        return np.concatenate(
+            [self.R.permutation(pool) for _ in range(rounds)] + [self.R.choice(pool, rest, replace=False)]
+        )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         d = dict(data)

@@ -30,6 +30,24 @@ def test_slices_have_the_configured_foreground_share(fg_fraction, n_fg):
     assert all(torch.equal(s["image"], data["image"][..., s["slice_index"]]) for s in samples)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_slices_are_distinct_when_the_volume_has_enough(seed):
+    t = RandSliced(["image", "label"], axis=2, num_samples=6, fg_fraction=0.5)
+    t.set_random_state(seed)
+    indices = [s["slice_index"] for s in t(_volume_with_fg_slices([3, 4, 5]))]
+    assert sorted(indices[:3]) == [3, 4, 5]  # all three foreground slices, once each
+    assert len(set(indices[3:])) == 3 and not set(indices[3:]) & {3, 4, 5}
+
+
+def test_too_few_slices_repeat_evenly_and_keep_the_foreground_share():
+    t = RandSliced(["image", "label"], axis=2, num_samples=8, fg_fraction=0.5)
+    t.set_random_state(0)
+    samples = t(_volume_with_fg_slices([2, 3], depth=4))
+    indices = [s["slice_index"] for s in samples]
+    assert sorted(indices) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert sum(bool(s["label"].any()) for s in samples) == 4
+
+
 def test_slicing_along_another_axis():
     t = RandSliced(["image", "label"], axis=0, num_samples=3, fg_fraction=1.0)
     samples = t(_volume_with_fg_slices([1]))
