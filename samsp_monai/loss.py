@@ -14,7 +14,7 @@ KLDirection = Literal["forward", "reverse"]
 
 
 class SAMSPLoss(nn.Module):
-    """`L = Dice(y1, y) + ce_weight * CE(y1, y) + alpha * KL` on (B, N + 1, H, W) class logits.
+    """`L = dice_weight * Dice(y1, y) + ce_weight * CE(y1, y) + alpha * KL` on (B, N + 1, H, W) class logits.
 
     Defaults and why:
     - `alpha=1.0`: the distillation term is a per-pixel mean, on the same scale as Dice; 1 weighs both equally.
@@ -25,6 +25,7 @@ class SAMSPLoss(nn.Module):
     - `temperature=1.0`: the classes are few and the logits already calibrated by Dice; T scales as T^2.
     - empty masks: where pass 1 found nothing and the network keeps that prediction (its `keep_previous`
       rule) y1 equals y0, so the KL term is exactly 0 there and only the Dice term (on y1 = y0) acts.
+    - `dice_weight=1.0`: the paper's supervised term is Dice alone; SAMed weighs 0.8 Dice + 0.2 CE.
     - Dice is over the batch (`batch=True`) and without background, so slices with no structure count
       through the whole batch instead of giving each a 0/1 loss.
     With `distill=False`, or when the network returns one tensor (self-prompting off, or eval), the loss is
@@ -39,19 +40,20 @@ class SAMSPLoss(nn.Module):
         temperature: float = 1.0,
         detach_teacher: bool = True,
         ce_weight: float = 0.0,
+        dice_weight: float = 1.0,
         dice_include_background: bool = False,
     ) -> None:
         super().__init__()
         if kl not in ("forward", "reverse"):
             raise ValueError(f"kl must be 'forward' or 'reverse', got {kl!r}")
         self.alpha, self.distill, self.kl, self.temperature = alpha, distill, kl, temperature
-        self.detach_teacher, self.ce_weight = detach_teacher, ce_weight
+        self.detach_teacher, self.ce_weight, self.dice_weight = detach_teacher, ce_weight, dice_weight
         self.dice = DiceLoss(include_background=dice_include_background, to_onehot_y=True, softmax=True, batch=True)
         self.last_terms: dict[str, float] = {}
 
     def forward(self, output: Tensor | SAMSPOutput, target: Tensor) -> Tensor:
         final, first = output if isinstance(output, SAMSPOutput) else (output, None)
-        terms = {"dice": self.dice(final, target)}
+        terms = {"dice": self.dice_weight * self.dice(final, target)}
         if self.ce_weight:
             terms["ce"] = self.ce_weight * F.cross_entropy(final, target[:, 0].long())
         if self.distill and first is not None:
