@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .boxes import masks_to_boxes
 from .errors import SAMSPError
+from .geometry import GEOMETRIES, Geometry, from_model_frame, to_model_frame
 from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint
 
@@ -28,7 +29,8 @@ class SAMSPOutput(NamedTuple):
 class SAMSP(nn.Module):
     """Prompt-free segmentation with SAM: pass 1 without prompt, then K passes prompted by the previous box.
 
-    Input: (B, 1 or 3, H, W) intensities scaled to [0, 1]; they are resized to `img_size`, grey images are
+    Input: (B, 1 or 3, H, W) intensities scaled to [0, 1]; they are brought to `img_size` x `img_size` as
+    `geometry` says (`stretch`, or SAM's longest-side resize and padding, see `geometry.py`), grey images are
     replicated to RGB, and the result is normalised with SAM's own pixel statistics, so pretrained patch
     embeddings see the range they were trained on. Output: (B, num_classes + 1, H, W) class logits whose
     background logit is fixed at 0, so softmax gives per-pixel class probabilities (for one class it equals
@@ -59,6 +61,7 @@ class SAMSP(nn.Module):
         iterations: int = 1,
         empty_box: EmptyBox = "keep_previous",
         encoder_checkpointing: bool = False,
+        geometry: Geometry = "stretch",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -69,7 +72,9 @@ class SAMSP(nn.Module):
             raise SAMSPError(
                 f"config key 'encoder_checkpointing' must be True or False (a bool), got {encoder_checkpointing!r}"
             )
-        self.img_size, self.num_classes, self.in_channels = img_size, num_classes, in_channels
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+        self.img_size, self.num_classes, self.in_channels, self.geometry = img_size, num_classes, in_channels, geometry
         self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
@@ -93,8 +98,7 @@ class SAMSP(nn.Module):
 
     def preprocess(self, x: Tensor) -> Tensor:
         """[0, 1] intensities of any size -> SAM's normalised RGB at img_size."""
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = to_model_frame(x, self.img_size, self.geometry)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
@@ -128,8 +132,7 @@ class SAMSP(nn.Module):
 
         float32 whatever the autocast dtype, so losses, softmax and thresholds never see bf16/fp16 logits.
         """
-        logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
-        return with_background(logits)
+        return with_background(from_model_frame(logits.float(), size, self.img_size, self.geometry))
 
 
 def with_background(logits: Tensor) -> Tensor:

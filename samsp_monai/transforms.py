@@ -14,6 +14,9 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 from monai.transforms.traits import MultiSampleTrait
+from monai.utils import convert_to_tensor
+
+from .geometry import Geometry, content_shape, to_model_frame
 
 
 class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
@@ -75,6 +78,36 @@ class RandSliced(Randomizable, MapTransform, MultiSampleTrait):
             sample["slice_index"] = index
             samples.append(sample)
         return samples
+
+
+class ToModelFramed(MapTransform):
+    """Bring training slices to the network's square input exactly as the network does it at inference.
+
+    Uses the network's own `geometry.to_model_frame` (images bilinear, labels nearest), so a slice that
+    reaches the network already framed passes its preprocessing unchanged: train and inference see the same
+    pixels. With `geometry="sam"` the label's padding is background.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_size: int,
+        geometry: Geometry = "stretch",
+        mode: Sequence[str] | str = ("bilinear", "nearest"),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        content_shape((1, 1), image_size, geometry)  # rejects an unknown geometry at construction
+        self.image_size, self.geometry = image_size, geometry
+        self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key, mode in self.key_iterator(d, self.mode):
+            x = convert_to_tensor(d[key], track_meta=False)
+            framed = to_model_frame(x[None].float(), self.image_size, self.geometry, mode)[0]
+            d[key] = framed.to(x.dtype)
+        return d
 
 
 def modality_scaling(keys: KeysCollection, modality: str, ct_window: Sequence[float] = (-160.0, 240.0)) -> MapTransform:
