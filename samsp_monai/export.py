@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write
 from .checkpoints import atomic_save
 from .errors import SAMSPError
 from .lora import has_lora, merged_state_dict
@@ -70,3 +71,26 @@ def export_merged(model_path: str | Path, network_args: Mapping[str, Any], out_p
     atomic_save(merged_export(net, network_args), out_path)
     logger.info("wrote merged SAM-SP weights of %s to %s", model_path, out_path)
     return Path(out_path)
+
+
+def export_program(net: SAMSP, example: Tensor) -> torch.export.ExportedProgram:
+    """`torch.export` of an unadapted SAM-SP (e.g. `load_merged(...)`) in eval mode, with a dynamic batch.
+
+    With `geometry="stretch"` height and width are dynamic too; with `geometry="sam"` the longest-side
+    resize depends on the input size, so the program is specialised to `example`'s height and width.
+    """
+    if has_lora(net):
+        raise SAMSPError("export the merged network (samsp_monai.export.load_merged), not the LoRA-adapted one")
+    net = net.eval()
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if net.geometry == "stretch":
+        dims |= {2: torch.export.Dim("height", min=16, max=8192), 3: torch.export.Dim("width", min=16, max=8192)}
+    with torch.no_grad():
+        return torch.export.export(net, (example,), dynamic_shapes={"x": dims})
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Write a `.pt2` program atomically; `torch.export.load(path).module()` runs it without samsp_monai."""
+    atomic_write(path, lambda f: torch.export.save(program, f))
+    logger.info("wrote the torch.export program to %s", path)
+    return Path(path)

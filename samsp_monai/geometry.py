@@ -36,7 +36,8 @@ def content_shape(size: Sequence[int], img_size: int, geometry: Geometry) -> tup
 def to_model_frame(x: Tensor, img_size: int, geometry: Geometry, mode: str = "bilinear") -> Tensor:
     """(B, C, H, W) -> (B, C, img_size, img_size): resized as `geometry` says, padded bottom/right with 0."""
     h, w = content_shape(x.shape[-2:], img_size, geometry)
-    if tuple(x.shape[-2:]) != (h, w):
+    # Stretch always interpolates (an identity at img_size) so the input size stays symbolic in torch.export.
+    if geometry == "stretch" or tuple(x.shape[-2:]) != (h, w):
         # SAM resizes with antialiasing (`ResizeLongestSide.apply_image_torch`); stretch keeps plain bilinear.
         smooth = {"align_corners": False, "antialias": geometry == "sam"} if mode == "bilinear" else {}
         x = F.interpolate(x, size=(h, w), mode=mode, **smooth)
@@ -47,7 +48,7 @@ def to_model_frame(x: Tensor, img_size: int, geometry: Geometry, mode: str = "bi
 
 def from_model_frame(logits: Tensor, size: Sequence[int], img_size: int, geometry: Geometry) -> Tensor:
     """Low-resolution logits (B, N, h, w) of the model input -> (B, N, *size) on the original image."""
-    size = tuple(int(s) for s in size)
+    size = tuple(size)
     if geometry == "sam":
         h, w = content_shape(size, img_size, geometry)
         logits = F.interpolate(logits, size=(img_size, img_size), mode="bilinear", align_corners=False)

@@ -1,10 +1,12 @@
 """Fold a trained SAM-SP's LoRA into its base weights and write one file that loads without peft
 (logic: samsp_monai.export). The network is described by the bundle config plus `--key value` overrides, as for
-`python -m monai.bundle run`; load the result with `samsp_monai.export.load_merged(path)`.
+`python -m monai.bundle run`; load the result with `samsp_monai.export.load_merged(path)`. With `--program`, the
+merged network is also exported with `torch.export` (dynamic batch) for deployment without samsp_monai.
 
 Usage:
     python scripts/export_merged.py                        # bundle/models/model.pt -> bundle/models/model_merged.pt
     python scripts/export_merged.py --model run1/model.pt --out run1/merged.pt --sam_variant vit_l --lora_layout q_v
+    python scripts/export_merged.py --program bundle/models/model.pt2 --input_size 256 256
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 
 from samsp_monai.errors import SAMSPError
-from samsp_monai.export import export_merged
+from samsp_monai.export import export_merged, export_program, load_merged, save_program
 from samsp_monai.paths import default_bundle_root
 
 BUNDLE = Path(default_bundle_root())
@@ -29,6 +32,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--config_file", nargs="+", default=[str(BUNDLE / "configs/inference.json")])
     parser.add_argument("--model", default=str(BUNDLE / "models/model.pt"), help="trained checkpoint to merge")
     parser.add_argument("--out", default=str(BUNDLE / "models/model_merged.pt"), help="merged file to write")
+    parser.add_argument("--program", help="also write the torch.export program (.pt2) of the merged network here")
+    parser.add_argument(
+        "--input_size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="example in-plane size for --program (default image_size x image_size); with geometry 'sam' the "
+        "program only accepts this size",
+    )
     args, rest = parser.parse_known_args(argv)
     if len(rest) % 2 or not all(key.startswith("--") for key in rest[::2]):
         parser.error(f"overrides must be --key value pairs, got {rest}")
@@ -56,7 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.model).is_file():
         raise SAMSPError(f"{args.model}: no trained model there; train first or pass --model <file>")
     out = export_merged(args.model, network_args(args.config_file, overrides), args.out)
-    print(f"merged LoRA of {args.model} into plain SAM weights: wrote {out}")
+    written = [str(out)]
+    if args.program:
+        net = load_merged(out)
+        size = args.input_size or (net.img_size, net.img_size)
+        written.append(str(save_program(export_program(net, torch.rand(2, net.in_channels, *size)), args.program)))
+    print(f"merged LoRA of {args.model} into plain SAM weights: wrote {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,21 @@
 import subprocess
 import sys
 
+import nibabel as nib
 import pytest
 import torch
-from conftest import REPO, small_samsp
+from conftest import REPO, shared_data, small_samsp
 from torch import nn
 
 from samsp_monai import SAMSPError, build_sam
-from samsp_monai.export import export_merged, load_merged, load_merged_state, merged_export
+from samsp_monai.export import (
+    export_merged,
+    export_program,
+    load_merged,
+    load_merged_state,
+    merged_export,
+    save_program,
+)
 from samsp_monai.lora import merged_state_dict
 
 ARGS = {"variant": "vit_test", "img_size": 64, "num_classes": 2, "in_channels": 1}
@@ -60,15 +68,49 @@ def test_a_training_checkpoint_is_not_a_merged_file(tmp_path):
         load_merged(tmp_path / "model.pt")
 
 
-def test_export_script_builds_the_network_from_the_bundle_config(tmp_path):
+def _hippocampus_slices(count: int) -> torch.Tensor:
+    """`count` middle axial slices (count, 1, H, W) of a real MR volume, scaled to [0, 1] by its percentiles."""
+    volume = torch.from_numpy(nib.load(shared_data("msd-hippocampus") / "imagesTr/hippocampus_001.nii.gz").get_fdata())
+    low, high = torch.quantile(volume, 0.005), torch.quantile(volume, 0.995)
+    volume = ((volume - low) / (high - low)).clamp(0, 1).float()
+    middle = volume.shape[2] // 2
+    return volume[..., middle : middle + count].permute(2, 0, 1)[:, None].contiguous()
+
+
+def test_export_script_writes_merged_weights_and_a_program_that_matches_eager(tmp_path):
+    """One command: merged weights plus a torch.export program with dynamic batch (and size, for stretch)."""
     net = _trained("q_v")
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     overrides = ["--sam_variant", "vit_test", "--image_size", "64", "--lora_layout", "q_v"]
     cmd = [sys.executable, str(REPO / "scripts/export_merged.py"), "--model", str(tmp_path / "model.pt")]
-    cmd += ["--out", str(tmp_path / "merged.pt"), *overrides]
+    cmd += ["--out", str(tmp_path / "merged.pt"), "--program", str(tmp_path / "model.pt2"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
-    assert str(tmp_path / "merged.pt") in result.stdout.splitlines()[-1]
-    x = torch.rand(1, 1, 64, 64)
+    assert f"{tmp_path / 'merged.pt'}, {tmp_path / 'model.pt2'}" in result.stdout.splitlines()[-1]
+    merged = load_merged(tmp_path / "merged.pt")
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    slices = _hippocampus_slices(3)
+    assert slices.shape[-2:] != (64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(load_merged(tmp_path / "merged.pt")(x), net(x), rtol=1e-4, atol=1e-4)
+        for batch in (slices[:1], slices):
+            expected = net(batch)
+            torch.testing.assert_close(merged(batch), expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(program(batch), merged(batch), rtol=1e-5, atol=1e-5)
+        assert program(torch.rand(2, 1, 64, 80)).shape == (2, 3, 64, 80)
+
+
+@pytest.mark.slow
+def test_program_with_sam_geometry_is_fixed_to_its_input_size(tmp_path):
+    slices = _hippocampus_slices(3)
+    merged = small_samsp(num_classes=2, encoder_training="frozen", geometry="sam").eval()
+    program = torch.export.load(save_program(export_program(merged, slices[:2]), tmp_path / "p.pt2")).module()
+    with torch.no_grad():
+        for batch in (slices[:1], slices):
+            torch.testing.assert_close(program(batch), merged(batch), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="shape|size|guard|Guard"):
+        program(torch.rand(1, 1, 40, 40))
+
+
+def test_a_lora_network_is_not_exported():
+    with pytest.raises(SAMSPError, match="merged network"):
+        export_program(small_samsp(), torch.rand(1, 1, 64, 64))
