@@ -18,6 +18,7 @@ from .image_encoder import CheckpointingImageEncoderViT
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 16
+CLASS_HEAD_SPREAD = 0.01  # relative step that separates class heads copied from SAM's token 0
 CHECKPOINT_HELP = (
     "Download the official weights with `python -m monai.bundle download_large_files --bundle_path bundle` "
     "(listed in bundle/large_files.yml) and pass `--sam_checkpoint <file>`, or try the bundle without weights "
@@ -163,6 +164,7 @@ def _adapt_class_tokens(state: dict[str, torch.Tensor], target: dict[str, torch.
     """Start every mask token (and its hypernetwork MLP and IoU row) from SAM's single-mask token 0.
 
     Token 0 is the output SAM trains for unambiguous prompts such as boxes, the prompt SAM-SP gives itself.
+    With two or more classes their heads are then moved apart slightly (`_spread_class_heads`).
     """
     tokens = "mask_decoder.mask_tokens.weight"
     if tokens not in state or tokens not in target:
@@ -173,10 +175,31 @@ def _adapt_class_tokens(state: dict[str, torch.Tensor], target: dict[str, torch.
     token0 = {k[len(mlp_prefix) + 2 :]: v for k, v in state.items() if k.startswith(mlp_prefix + "0.")}
     state = {k: v for k, v in state.items() if not k.startswith(mlp_prefix)}
     state.update({f"{mlp_prefix}{i}.{name}": v for i in range(n_tokens) for name, v in token0.items()})
+    last = max((name for name in token0 if name.endswith(".weight")), key=lambda name: int(name.split(".")[1]))
+    state = _spread_class_heads(state, [f"{mlp_prefix}{i}.{last}" for i in range(1, n_tokens)])
     iou_out = max(k for k in target if k.startswith("mask_decoder.iou_prediction_head.layers.")).rsplit(".", 1)[0]
     for suffix in (".weight", ".bias"):
         if iou_out + suffix in state:
             state[iou_out + suffix] = state[iou_out + suffix][[0] * n_tokens]
+    return state
+
+
+def _spread_class_heads(state: dict[str, torch.Tensor], head_weights: list[str]) -> dict[str, torch.Tensor]:
+    """Break the tie between N >= 2 classes that all start as copies of SAM's token 0.
+
+    Identical class heads give bit-identical logits for every class, so the argmax tie sends every pixel to
+    class 1 and class 2 never gets a box. Each class's last hypernetwork layer (the one that turns its token
+    into mask weights, so the change reaches the logits unattenuated) gets its own seeded Gaussian step of
+    `CLASS_HEAD_SPREAD` of the weights' RMS: classes differ by about that share of the logits from the first
+    forward on, and each stays that close to SAM's box-prompt output. One class has no tie and stays exact.
+    """
+    if len(head_weights) < 2:
+        return state
+    generator = torch.Generator().manual_seed(0)
+    for key in head_weights:
+        weight = state[key]
+        noise = torch.randn(weight.shape, generator=generator).to(weight.dtype)
+        state[key] = weight + CLASS_HEAD_SPREAD * weight.pow(2).mean().sqrt() * noise
     return state
 
 
