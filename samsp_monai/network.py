@@ -17,6 +17,7 @@ from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint
 
 EmptyBox = Literal["keep_previous", "full_image"]
+EMPTY_BOX_RULES = ("keep_previous", "full_image")
 
 
 class SAMSPOutput(NamedTuple):
@@ -39,8 +40,12 @@ class SAMSP(nn.Module):
 
     The image embedding is computed once per forward and shared by every pass. `self_prompt=False` is the
     single-pass (SAMed-style) baseline; `iterations` is K at inference (training always uses one self-prompt).
-    `empty_box` sets what happens to a class whose previous mask is empty: `keep_previous` keeps that
-    prediction (a model that found nothing stays silent), `full_image` prompts with the whole image.
+    `empty_box` (inference) and `empty_box_train` (training) set what happens to a class whose previous
+    mask is empty: `keep_previous` keeps that prediction (a model that found nothing stays silent; in
+    training that sample's pass 1 is then supervised directly and its distillation term is 0),
+    `full_image` prompts with the whole image (every sample reaches the box-prompted pass, as in the paper).
+    In training, `empty_prompts` holds the (B, N) flags of the y0 masks that were empty (logged per epoch
+    by `prompt_stats.EmptyPromptShare`).
     `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
     """
 
@@ -60,14 +65,16 @@ class SAMSP(nn.Module):
         self_prompt: bool = True,
         iterations: int = 1,
         empty_box: EmptyBox = "keep_previous",
+        empty_box_train: EmptyBox = "keep_previous",
         encoder_checkpointing: bool = False,
         geometry: Geometry = "stretch",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (CT/MR) or 3 (RGB), got {in_channels}")
-        if empty_box not in ("keep_previous", "full_image"):
-            raise ValueError(f"empty_box must be 'keep_previous' or 'full_image', got {empty_box!r}")
+        for name, rule in (("empty_box", empty_box), ("empty_box_train", empty_box_train)):
+            if rule not in EMPTY_BOX_RULES:
+                raise ValueError(f"{name} must be 'keep_previous' or 'full_image', got {rule!r}")
         if not isinstance(encoder_checkpointing, bool):
             raise SAMSPError(
                 f"config key 'encoder_checkpointing' must be True or False (a bool), got {encoder_checkpointing!r}"
@@ -76,6 +83,8 @@ class SAMSP(nn.Module):
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
         self.img_size, self.num_classes, self.in_channels, self.geometry = img_size, num_classes, in_channels, geometry
         self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
+        self.empty_box_train = empty_box_train
+        self.empty_prompts: Tensor | None = None
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
@@ -118,7 +127,9 @@ class SAMSP(nn.Module):
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
         rows = self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
         refined = rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
-        if self.empty_box == "keep_previous":
+        if self.training:
+            self.empty_prompts = empty.detach()
+        if (self.empty_box_train if self.training else self.empty_box) == "keep_previous":
             refined = torch.where(empty[..., None, None], previous, refined)
         return refined
 

@@ -115,6 +115,9 @@ def test_two_demo_trainings_land_in_mlflow_and_compare(mlflow_server: str, tmp_p
         for metric in ("train_loss", "train_loss_dice", "lr_group_0"):
             assert len(client.get_metric_history(run_id, metric)) == iterations, metric
         assert len(client.get_metric_history(run_id, "train_loss_kl")) == (iterations if sp == "True" else 0)
+        empty_share = client.get_metric_history(run_id, "train_empty_y0_share")  # only with a prompted pass
+        assert [m.step for m in empty_share] == (list(range(1, EPOCHS + 1)) if sp == "True" else [])
+        assert all(0.0 <= m.value <= 1.0 for m in empty_share)
 
         (config,) = [a.path for a in client.list_artifacts(run_id) if a.path.startswith("config_")]
         executed = json.loads(Path(client.download_artifacts(run_id, config, str(tmp_path / name))).read_text())

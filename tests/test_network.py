@@ -82,6 +82,33 @@ def test_empty_first_pass_follows_the_configured_rule(rule):
     assert torch.equal(refined, nothing) == (rule == "keep_previous")
 
 
+@pytest.mark.parametrize("train_rule, infer_rule", [("full_image", "keep_previous"), ("keep_previous", "full_image")])
+def test_training_and_inference_have_their_own_empty_box_rule(train_rule, infer_rule):
+    net = small_samsp(empty_box=infer_rule, empty_box_train=train_rule)
+    embeddings = net.sam.image_encoder(net.preprocess(torch.rand(1, 1, 64, 64)))
+    nothing = torch.full((1, 1, 16, 16), -5.0)
+    with torch.no_grad():
+        assert torch.equal(net.train().decode(embeddings, nothing), nothing) == (train_rule == "keep_previous")
+        assert torch.equal(net.eval().decode(embeddings, nothing), nothing) == (infer_rule == "keep_previous")
+    with pytest.raises(ValueError, match="empty_box_train"):
+        small_samsp(empty_box_train="skip")
+
+
+def test_training_forward_records_which_first_pass_masks_were_empty():
+    net = small_samsp(num_classes=2).train()
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        net(x)
+        recorded = net.empty_prompts
+        first = net.decode(net.sam.image_encoder(net.preprocess(x)))
+    expected = ~net.labels(first).flatten(2).any(-1)
+    assert recorded.shape == (4, 2) and torch.equal(recorded, expected)
+    net.empty_prompts = None
+    with torch.no_grad():
+        net.eval()(x)
+    assert net.empty_prompts is None  # inference records nothing
+
+
 def test_gradients_reach_lora_and_decoder_but_not_frozen_encoder():
     net = small_samsp(encoder_training="lora").train()
     out = net(torch.rand(2, 1, 64, 64))
