@@ -23,8 +23,9 @@ class SAMSPLoss(nn.Module):
     - `detach_teacher=True`: y1 learns from the labels only; otherwise the KL term would also drag the
       better teacher towards the worse student, which lowers the loss without improving y0.
     - `temperature=1.0`: the classes are few and the logits already calibrated by Dice; T scales as T^2.
-    - empty masks: where pass 1 found nothing and the network keeps that prediction (its `keep_previous`
-      rule) y1 equals y0, so the KL term is exactly 0 there and only the Dice term (on y1 = y0) acts.
+    - empty masks: the network's training rule `empty_box_train: full_image` (default) box-prompts every
+      sample, so the KL acts everywhere; with `keep_previous`, where pass 1 found nothing y1 equals y0, so the
+      KL term is exactly 0 there and only the Dice term (on y1 = y0) acts.
     - `dice_weight=1.0`: the paper's supervised term is Dice alone; SAMed weighs 0.8 Dice + 0.2 CE.
     - Dice is over the batch (`batch=True`) and without background, so slices with no structure count
       through the whole batch instead of giving each a 0/1 loss.

@@ -41,9 +41,10 @@ class SAMSP(nn.Module):
     The image embedding is computed once per forward and shared by every pass. `self_prompt=False` is the
     single-pass (SAMed-style) baseline; `iterations` is K at inference (training always uses one self-prompt).
     `empty_box` (inference) and `empty_box_train` (training) set what happens to a class whose previous
-    mask is empty: `keep_previous` keeps that prediction (a model that found nothing stays silent; in
-    training that sample's pass 1 is then supervised directly and its distillation term is 0),
-    `full_image` prompts with the whole image (every sample reaches the box-prompted pass, as in the paper).
+    mask is empty: `keep_previous` (inference default) keeps that prediction (a model that found nothing
+    stays silent; in training that sample's pass 1 would be supervised directly, with a distillation term of
+    0), `full_image` (training default, chosen by a measurement on the demo, see README) prompts with the whole
+    image, so every sample reaches the box-prompted pass as in the paper.
     In training, `empty_prompts` holds the (B, N) flags of the y0 masks that were empty (logged per epoch
     by `prompt_stats.EmptyPromptShare`).
     `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
@@ -65,7 +66,7 @@ class SAMSP(nn.Module):
         self_prompt: bool = True,
         iterations: int = 1,
         empty_box: EmptyBox = "keep_previous",
-        empty_box_train: EmptyBox = "keep_previous",
+        empty_box_train: EmptyBox = "full_image",
         encoder_checkpointing: bool = False,
         geometry: Geometry = "stretch",
     ) -> None:

@@ -28,4 +28,4 @@ def test_share_of_empty_first_pass_masks_is_published_per_epoch(caplog):
     per_epoch = [torch.cat(seen[:3]), torch.cat(seen[3:])]
     assert shares == [float(flags.float().mean()) for flags in per_epoch]  # reset between epochs
     assert all(flags.numel() == 12 for flags in per_epoch)
-    assert "epoch 2:" in caplog.text and "of 12 image-class pairs; training rule keep_previous" in caplog.text
+    assert "epoch 2:" in caplog.text and "of 12 image-class pairs; training rule full_image" in caplog.text
