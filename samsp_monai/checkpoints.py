@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,28 @@ def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
     return {name: obj.state_dict() for name, obj in objects.items()}
 
 
+def network_args(network: torch.nn.Module) -> dict[str, Any] | None:
+    """The construction arguments a network recorded (`SAMSP.network_args`), also behind a DDP wrapper."""
+    return getattr(getattr(network, "module", network), "network_args", None)
+
+
 class BestModelSaver:
-    """Attach to the evaluator: saves `{"model": state_dict}` to `path` whenever the key metric improves.
+    """Attach to the evaluator: saves `{"model": state_dict, "network_args": ...}` to `path` whenever the key
+    metric improves; `network_args` lets inference rebuild the network exactly as trained.
 
     Its own `state_dict` (best value and epoch) goes into the resumable training state, so a resumed run
-    only replaces the best model with a better one.
+    only replaces the best model with a better one. For retraining a model that is being served (MONAI Label),
+    `score_baseline` first validates the loaded weights, so only a better model replaces them, and
+    `keep_previous` copies the file it replaces to `<name>.prev.pt` once per run.
     """
 
-    def __init__(self, path: str | Path, network: torch.nn.Module, metric_name: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, network: torch.nn.Module, metric_name: str | None = None, keep_previous: bool = False
+    ) -> None:
         self.path, self.network, self.metric_name = Path(path), network, metric_name
+        self.previous_path = self.path.with_suffix(".prev.pt") if keep_previous else None
         self.best_metric, self.best_epoch = -float("inf"), -1
+        self._scoring_baseline = False
 
     def attach(self, engine: Workflow) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -50,11 +63,34 @@ class BestModelSaver:
     def __call__(self, engine: Workflow) -> None:
         name = self.metric_name = self.metric_name or engine.state.key_metric_name
         value = float(engine.state.metrics[name])
-        if value > self.best_metric:
+        if self._scoring_baseline:
+            self.best_metric, self.best_epoch = value, 0
+            logger.info("model before training: %s=%.4f; only a better one replaces %s", name, value, self.path)
+        elif value > self.best_metric:
             self.best_metric, self.best_epoch = value, engine.state.epoch
             if is_writer():
-                atomic_save({"model": self.network.state_dict(), name: value, "epoch": self.best_epoch}, self.path)
+                if self.previous_path is not None and self.path.exists():
+                    shutil.copy2(self.path, self.previous_path)
+                    logger.info("kept the replaced model as %s", self.previous_path)
+                    self.previous_path = None
+                checkpoint = {"model": self.network.state_dict(), name: value, "epoch": self.best_epoch}
+                if (args := network_args(self.network)) is not None:
+                    checkpoint["network_args"] = args
+                atomic_save(checkpoint, self.path)
                 logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, self.best_epoch, self.path)
+
+    def score_baseline(self, evaluator: Workflow) -> None:
+        """Validate the network as it is now (e.g. the served model, loaded at trainer start) and make its score
+        the one to beat; nothing is saved."""
+        self._scoring_baseline = True
+        try:
+            evaluator.run()
+        finally:
+            self._scoring_baseline = False
+
+    def attach_baseline(self, trainer: Workflow, evaluator: Workflow) -> None:
+        """Score the baseline when `trainer` starts, after handlers attached before this (checkpoint loaders)."""
+        trainer.add_event_handler(Events.STARTED, lambda _: self.score_baseline(evaluator))
 
     def report(self) -> str:
         """The line a finished run ends with, so a user sees at once what the run achieved."""

@@ -18,6 +18,7 @@ from .sam_factory import build_sam, load_sam_checkpoint
 
 EmptyBox = Literal["keep_previous", "full_image"]
 EMPTY_BOX_RULES = ("keep_previous", "full_image")
+TrainOutput = Literal["pair", "final"]
 
 
 class SAMSPOutput(NamedTuple):
@@ -48,6 +49,12 @@ class SAMSP(nn.Module):
     In training, `empty_prompts` holds the (B, N) flags of the y0 masks that were empty (logged per epoch
     by `prompt_stats.EmptyPromptShare`).
     `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
+
+    `dropout` drops whole channels of the image embedding in train mode only (Monte Carlo dropout: MONAI Label's
+    epistemic scoring builds the network with it and runs it in train mode). `train_output="final"` returns the
+    final logits alone in train mode too, for callers that run train mode to sample, not to learn.
+    `network_args` records the construction arguments (without the base `checkpoint`, whose weights a trained
+    state dict replaces), so a checkpoint can carry how to rebuild its network.
     """
 
     def __init__(
@@ -69,8 +76,14 @@ class SAMSP(nn.Module):
         empty_box_train: EmptyBox = "full_image",
         encoder_checkpointing: bool = False,
         geometry: Geometry = "stretch",
+        dropout: float = 0.0,
+        train_output: TrainOutput = "pair",
     ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint")}
         super().__init__()
+        self.network_args = {
+            k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in args.items()
+        }
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (CT/MR) or 3 (RGB), got {in_channels}")
         for name, rule in (("empty_box", empty_box), ("empty_box_train", empty_box_train)):
@@ -82,6 +95,12 @@ class SAMSP(nn.Module):
             )
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+        if train_output not in ("pair", "final"):
+            raise ValueError(f"train_output must be 'pair' or 'final', got {train_output!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.train_output = train_output
+        self.embedding_dropout = nn.Dropout2d(dropout)
         self.img_size, self.num_classes, self.in_channels, self.geometry = img_size, num_classes, in_channels, geometry
         self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
         self.empty_box_train = empty_box_train
@@ -97,14 +116,16 @@ class SAMSP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | SAMSPOutput:
         size = x.shape[-2:]
-        embeddings = self.sam.image_encoder(self.preprocess(x))
+        embeddings = self.embedding_dropout(self.sam.image_encoder(self.preprocess(x)))
         first = self.decode(embeddings)
         logits = first
         passes = (1 if self.training else self.iterations) if self.self_prompt else 0
         for _ in range(passes):
             logits = self.decode(embeddings, logits)
         final = self.class_logits(logits, size)
-        return SAMSPOutput(final, self.class_logits(first, size)) if self.training and passes else final
+        if self.training and passes and self.train_output == "pair":
+            return SAMSPOutput(final, self.class_logits(first, size))
+        return final
 
     def preprocess(self, x: Tensor) -> Tensor:
         """[0, 1] intensities of any size -> SAM's normalised RGB at img_size."""

@@ -67,9 +67,12 @@ def code_revision(path: str | Path = CODE_DIR) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def file_digest(path: str | Path, length: int = 12) -> str:
+def file_digest(path: str | Path | None, length: int = 12) -> str | None:
     """Short SHA-256 of a file: tells whether two runs used the same datalist (split) or checkpoint, wherever it
-    lay. Read in chunks, as a checkpoint can be hundreds of MB."""
+    lay. Read in chunks, as a checkpoint can be hundreds of MB. None when there is no such file (MONAI Label
+    hands the trainer its data without a datalist file; a run from scratch has no checkpoint)."""
+    if path is None or not Path(path).is_file():
+        return None
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
