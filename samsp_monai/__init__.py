@@ -1,6 +1,6 @@
 """SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
 
-from . import case_isolation, checkpoints, datalist, input_checks, output_guard, precision, transforms
+from . import case_isolation, checkpoints, datalist, input_checks, output_guard, precision, serving, transforms
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
@@ -28,6 +28,7 @@ __all__ = [
     "masks_to_boxes",
     "output_guard",
     "require_checkpoint",
+    "serving",
     "transforms",
 ]
 
