@@ -8,7 +8,8 @@ and this file as `main.py`. Everything the stock app does (bundle inference, tra
   model's pass-1 and final-pass class probabilities (samsp_monai.consistency), stored in the datastore as
   `samsp_consistency` (recomputed only after the model changed);
 - strategy `least_consistent`: the unlabelled volume with the highest score (the one the model is least sure
-  of) is served next; unscored volumes come last.
+  of) is served next; unscored volumes come last;
+- strategy `epistemic` when the app runs with `--conf epistemic_model <name>` (Monte Carlo dropout entropy).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
@@ -121,4 +123,7 @@ class SAMSPApp(monaibundle_main.MyApp, MONAILabelApp):
         return methods
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {**super().init_strategies(), "least_consistent": LeastConsistent()}
+        strategies = {**super().init_strategies(), "least_consistent": LeastConsistent()}
+        if self.epistemic_models:  # the stock app scores epistemic entropy but offers no strategy that uses it
+            strategies["epistemic"] = Epistemic()
+        return strategies

@@ -114,6 +114,7 @@ def server(tmp_path_factory):
     assert command[:4] == [python, "-m", "monailabel.main", "start_server"]
     port = free_port()
     command[command.index("--port") + 1] = str(port)
+    command += ["--conf", "epistemic_model", "samsp", "--conf", "epistemic_simulation_size", "3"]
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}  # scoring only when this test asks
     log = open(tmp / "server.log", "w")
@@ -147,6 +148,7 @@ def test_info_lists_the_model_with_the_metadata_label_names_as_3d(server):
     assert model["dimension"] == 3 and model["type"] == "segmentation"
     assert "samsp" in info["trainers"]
     assert "least_consistent" in info["strategies"] and "samsp_consistency" in info["scoring"]
+    assert "epistemic" in info["strategies"] and "samsp" in info["scoring"]
 
 
 @pytest.mark.parametrize("image_id", [UNLABELLED_REAL, DEMO_CASE])
@@ -219,6 +221,24 @@ def test_scoring_ranks_a_badly_segmented_volume_above_a_well_segmented_one(serve
     assert scores[f"{DEMO_CASE}_noisy"] > scores[DEMO_CASE]
     chosen = requests.post(f"{url}/activelearning/least_consistent", json={}, timeout=60).json()
     assert chosen["id"] == max(scores, key=scores.get)
+
+
+def test_epistemic_scoring_samples_the_network_with_dropout(server):
+    response = timed(
+        "/scoring samsp (epistemic, 3 samples)",
+        requests.post,
+        f"{server['url']}/scoring/samsp",
+        params={"run_sync": "true"},
+        json={"device": "cpu", "max_workers": 1},
+        timeout=900,
+    )
+    assert response.status_code == 200, response.text[-2000:]
+    assert response.json()["executed"] == 3, response.json()
+    chosen = requests.post(f"{server['url']}/activelearning/epistemic", json={}, timeout=60).json()
+    assert chosen["id"] in {UNLABELLED_REAL, DEMO_CASE, f"{DEMO_CASE}_noisy"}
+    # MONAI Label computes its "entropy" on the post-processed output, the argmax label map of any segmentation
+    # bundle, so the value is finite but not an entropy of probabilities (it can be negative)
+    assert np.isfinite(chosen["epistemic_entropy"])
 
 
 def _digest(path: Path) -> str:
