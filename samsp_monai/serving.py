@@ -68,11 +68,14 @@ def apply_network_args(config: dict[str, Any], args: Mapping[str, Any]) -> None:
     network_def["checkpoint"] = None
 
 
+LOADERS = ("LoadImaged", "load_images_and_segs")  # the bundle's loaders (the latter returns a LoadImaged)
+
+
 def image_only_loading(config: dict[str, Any]) -> None:
-    """Inference loads `image` alone: drop `label` from every `LoadImaged` of `load_transforms`."""
+    """Inference loads `image` alone: drop `label` from every loader of `load_transforms`."""
     kept = []
     for transform in config["load_transforms"]:
-        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith("LoadImaged"):
+        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith(LOADERS):
             keys = [transform["keys"]] if isinstance(transform["keys"], str) else list(transform["keys"])
             keys = [k for k in keys if k != "label"]
             if not keys:

@@ -12,8 +12,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 CONFIGS = REPO / "bundle/configs"
 SMALL = {"sam_variant": "vit_test", "image_size": 64, "num_workers": 0}
 FROM_INFERENCE = [
-    "imports", "ckpt_path", "class_names", "output_ext", "output_dtype", "output_scale", "saver", "dataloader",
-    "evaluator", "initialize", "run", "postprocessing",
+    "imports", "ckpt_path", "overwrite", "class_names", "output_ext", "output_dtype", "output_scale", "saver",
+    "dataloader", "evaluator", "initialize", "run", "postprocessing",
 ]  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from conftest import REPO, small_samsp
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
+from monai.transforms import LoadImaged
 
 from samsp_monai import SAMSP, SAMSPError
 from samsp_monai.checkpoints import BestModelSaver
@@ -79,8 +80,8 @@ def test_serving_configs_match_the_trained_network_without_overrides(tmp_path):
     parser["bundle_root"] = str(tmp_path)
     network = parser.get_parsed_content("network_def")
     assert network.network_args | {"train_output": "pair"} == args
-    loaders = [t for t in inference["load_transforms"] if t["_target_"] == "LoadImaged"]
-    assert [t["keys"] for t in loaders] == [["image"]]
+    loaders = [t for t in parser.get_parsed_content("preprocessing").transforms if isinstance(t, LoadImaged)]
+    assert [t.keys for t in loaders] == [("image",)]
     assert inference["dataset_dir"] == "$@bundle_root + '/data'"  # not demo.json's generator
 
     train = train_config([CONFIGS / "train.json", *files], {}, args)
