@@ -53,7 +53,8 @@ def timed(name: str, fn, *args, **kwargs):
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, **kwargs)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **kwargs)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -116,7 +117,8 @@ def server(tmp_path_factory):
     command[command.index("--port") + 1] = str(port)
     command += ["--conf", "epistemic_model", "samsp", "--conf", "epistemic_simulation_size", "3"]
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}  # scoring only when this test asks
+    # scoring only when this test asks; samsp_monai from this checkout, whatever the venv's install points at
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "PYTHONPATH": str(REPO)}
     log = open(tmp / "server.log", "w")
     # its own empty working folder: the server takes an image id that names an existing path as that path
     (tmp / "server").mkdir()
