@@ -24,13 +24,14 @@ from .network import SAMSP
 def both_passes(network: SAMSP) -> Iterator[SAMSP]:
     """SAMSP returns `SAMSPOutput(final, first)` when its own training flag is set (and `train_output` is
     "pair"). Setting only that flag (not `.train()`, which recurses) keeps every submodule, dropout included,
-    in eval mode; the final pass is then the single self-prompted pass used in training."""
-    was_training, train_output = network.training, network.train_output
-    network.training, network.train_output = True, "pair"
+    in eval mode, and the inference rule for empty masks stays in force; the final pass is then the single
+    self-prompted pass (the inference one when `iterations` is 1)."""
+    saved = network.training, network.train_output, network.empty_box_train
+    network.training, network.train_output, network.empty_box_train = True, "pair", network.empty_box
     try:
         yield network
     finally:
-        network.training, network.train_output = was_training, train_output
+        network.training, network.train_output, network.empty_box_train = saved
 
 
 def probability_disagreement(first: Tensor, final: Tensor) -> float:

@@ -129,6 +129,10 @@ def test_self_consistency_compares_pass_one_with_the_final_pass_in_eval_mode():
     with torch.no_grad(), both_passes(network):
         final, first = network(volume[None, ..., 0])
     assert not network.training and not network.embedding_dropout.training and network.train_output == "final"
+    assert network.empty_box_train == "full_image"  # restored; inside, the inference rule applied
+    network.iterations = 1
+    with torch.no_grad():
+        assert torch.equal(network(volume[None, ..., 0]), final)  # the final pass is the served prediction
     expected = probability_disagreement(first, final)  # slice 0 alone, directly
     single = self_consistency(network, volume[..., :1], inferer)
     assert single == pytest.approx(expected)
