@@ -3,6 +3,7 @@ the served model unless it gets better, and SAM-SP's self-consistency score."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -146,3 +147,20 @@ def test_dropout_samples_in_train_mode_with_one_tensor_out():
     assert all(isinstance(o, torch.Tensor) and o.shape == (1, 3, 32, 32) for o in outputs)
     assert not torch.equal(outputs[0], outputs[1])
     assert np.isfinite(outputs[0].detach().numpy()).all()
+
+
+def test_prepare_refuses_to_overwrite_a_served_model(tmp_path):
+    spec = importlib.util.spec_from_file_location("prepare_app", REPO / "scripts/prepare_monailabel_app.py")
+    prepare_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_app)
+    served = tmp_path / "app/model/samsp/models/model.pt"
+    served.parent.mkdir(parents=True)
+    served.write_bytes(b"retrained in MONAI Label")
+    with pytest.raises(SAMSPError, match="--overwrite"):
+        prepare_app.prepare(tmp_path / "app", tmp_path / "model.pt", "samsp", [], {}, overwrite=False)
+    assert served.read_bytes() == b"retrained in MONAI Label"
+    assert prepare_app.parse_overrides(["modality=CT", "image_size=128", "spacing=[1.0, 1.0, 1.0]"]) == {
+        "modality": "CT",
+        "image_size": 128,
+        "spacing": [1.0, 1.0, 1.0],
+    }
