@@ -1,0 +1,367 @@
+"""Quality benchmark: does self-prompting pay? SAM-SP vs single-pass vs UNet on real data, at equal settings.
+
+Every arm trains and is scored through the bundle's own configs (train.json [+ image2d.json] + scratch.json
+for training, inference.json + evaluate.json for scoring), with the same data split, epochs, seed, slices
+and augmentation; an arm differs only by its overrides (ARMS). Each arm and seed gets its own bundle_root
+under OUT/<benchmark>/runs/, named by the hash of its settings, so a rerun skips the finished ones and
+resumes an interrupted one from its training_state.pt. Each arm runs in a child process whose log goes to
+its bundle_root (log.txt); this process prints one line per epoch with an ETA.
+
+    python scripts/benchmark_quality.py kvasir --epochs 20 --seeds 0 1 2 --out benchmarks/out
+    python scripts/benchmark_quality.py hippocampus --epochs 20 --seeds 0 1 2 --out benchmarks/out
+
+Writes OUT/<benchmark>/results.json, results.csv, results.md (the tables), learning_curves.png and
+figures/ (overlays of the best and worst validation case per arm, first seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+sys.path.insert(0, str(REPO))
+
+from samsp_monai.benchmark_report import write_reports  # noqa: E402
+from samsp_monai.datalist import build_datalist, write_json_atomic  # noqa: E402
+from samsp_monai.errors import SAMSPError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One data set: where it lies, how its datalist is made, which configs train and score it."""
+
+    data: str
+    layout: str
+    train_configs: tuple[str, ...]
+    eval_configs: tuple[str, ...]
+    image_size: int
+    arms: tuple[str, ...]
+
+
+BENCHMARKS = {
+    "kvasir": Benchmark(
+        "kvasir-seg",
+        "images",
+        ("train.json", "image2d.json", "scratch.json"),
+        ("inference.json", "evaluate.json", "image2d.json", "scratch.json"),
+        256,
+        ("samsp", "single_pass", "samsp_no_distill", "unet"),
+    ),
+    "hippocampus": Benchmark(
+        "msd-hippocampus",
+        "msd",
+        ("train.json", "scratch.json"),
+        ("inference.json", "evaluate.json", "scratch.json"),
+        128,
+        ("samsp", "single_pass", "unet"),
+    ),
+}
+
+UNET = {
+    "_target_": "samsp_monai.unet.ResizingUNet",
+    "img_size": "@image_size",
+    "num_classes": "@num_classes",
+    "in_channels": "@in_channels",
+}
+
+# What each arm changes in train.json; everything else is shared by all arms.
+ARMS: dict[str, dict[str, Any]] = {
+    "samsp": {"self_prompt": True, "distill": True},
+    "single_pass": {"self_prompt": False, "distill": False},
+    "samsp_no_distill": {"self_prompt": True, "distill": False},
+    "unet": {"self_prompt": False, "distill": False, "network_def": UNET},
+}
+
+# Scorings of a trained arm (overrides of inference.json); the first is the arm's headline result.
+SELF_PROMPT_EVALS = {
+    "k1": {"iterations": 1},
+    "pass1": {"self_prompt": False},
+    "k2": {"iterations": 2},
+    "k3": {"iterations": 3},
+}
+PLAIN_EVALS = {"final": {}}
+
+
+def evals_of(arm: str) -> dict[str, dict[str, Any]]:
+    """Self-prompting arms are also scored after pass 1 alone and with K = 2, 3 self-prompts at inference."""
+    return SELF_PROMPT_EVALS if ARMS[arm].get("self_prompt") else PLAIN_EVALS
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of every arm (default 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    parser.add_argument("--image-size", type=int, help="model input size (default: kvasir 256, hippocampus 128)")
+    parser.add_argument("--variant", default="vit_demo", help="SAM variant, random init (default vit_demo)")
+    parser.add_argument("--arms", nargs="+", help="arms to run (default: all of the benchmark's)")
+    parser.add_argument("--max-cases", type=int, help="first N training and N validation cases only (smoke runs)")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--run-job", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def make_datalist(bench: Benchmark, root: Path, out: Path, max_cases: int | None) -> Path:
+    """The benchmark's split (Kvasir: official train.txt/val.txt; MSD: seed 0, 20 %), optionally truncated."""
+    datalist = build_datalist(bench.layout, root)
+    if max_cases is not None:
+        datalist = {split: cases[:max_cases] for split, cases in datalist.items()}
+    path = out / "datalist.json"
+    write_json_atomic(datalist, path)
+    return path
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_job_process(job: dict[str, Any], eta: str) -> dict[str, Any]:
+    """Run one arm and seed in a child process (its own log), printing each epoch as history.json grows."""
+    root = Path(job["bundle_root"])
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job, root / "job.json")
+    history_path, shown = root / "history.json", 0
+    cmd = [sys.executable, str(Path(__file__).resolve()), job["benchmark"], "--run-job", str(root / "job.json")]
+    with open(root / "log.txt", "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        while True:
+            done = proc.poll() is not None
+            history = json.loads(history_path.read_text()) if history_path.is_file() else []
+            for h in history[shown:]:
+                left = (job["epochs"] - h["epoch"]) * (h["train_s"] + h["val_s"])
+                print(
+                    f"    epoch {h['epoch']}/{job['epochs']}: val Dice {h['val_dice']:.4f}, "
+                    f"{h['train_s']:.1f} s train + {h['val_s']:.1f} s val (arm training ETA {left / 60:.1f} min{eta})",
+                    flush=True,
+                )
+            shown = len(history)
+            if done:
+                break
+            time.sleep(2)
+    if proc.returncode != 0:
+        tail = (root / "log.txt").read_text()[-3000:]
+        raise SAMSPError(f"{job['arm']} (seed {job['seed']}) failed; its log {root / 'log.txt'} ends:\n{tail}")
+    return json.loads((root / "result.json").read_text())
+
+
+def run_benchmark(args: argparse.Namespace) -> Path:
+    bench = BENCHMARKS[args.benchmark]
+    arms = args.arms or list(bench.arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SAMSPError(f"unknown arm(s) {unknown}; choose from {sorted(ARMS)}")
+    data_root = (args.data_root / bench.data).resolve()
+    if not data_root.is_dir():
+        raise SAMSPError(f"data folder {data_root} not found; pass --data-root (the folder holding {bench.data}/)")
+    out = (args.out / args.benchmark).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    datalist = make_datalist(bench, data_root, out, args.max_cases)
+    datalist_sha = hashlib.sha256(datalist.read_bytes()).hexdigest()
+    image_size = args.image_size or bench.image_size
+    jobs = []
+    for arm in arms:
+        for seed in args.seeds:
+            settings = {
+                "benchmark": args.benchmark,
+                "arm": arm,
+                "overrides": ARMS[arm],
+                "evals": evals_of(arm),
+                "epochs": args.epochs,
+                "seed": seed,
+                "image_size": image_size,
+                "variant": args.variant,
+                "datalist_sha256": datalist_sha,
+            }
+            root = out / "runs" / f"{arm}-seed{seed}-{settings_key(settings)}"
+            jobs.append(
+                settings
+                | {
+                    "bundle_root": str(root),
+                    "dataset_dir": str(data_root),
+                    "datalist_file": str(datalist),
+                    "train_configs": [str(CONFIGS / c) for c in bench.train_configs],
+                    "eval_configs": [str(CONFIGS / c) for c in bench.eval_configs],
+                    "overlays_dir": str(out / "figures") if seed == args.seeds[0] else None,
+                }
+            )
+    results, spent, ran = [], 0.0, 0
+    for i, job in enumerate(jobs, 1):
+        label = f"[{i}/{len(jobs)}] {args.benchmark} {job['arm']} seed {job['seed']}"
+        result_file = Path(job["bundle_root"]) / "result.json"
+        if result_file.is_file():
+            print(f"{label}: already complete ({result_file}), skipped", flush=True)
+            results.append(json.loads(result_file.read_text()))
+            continue
+        eta = f"; benchmark ETA {spent / ran * (len(jobs) - i + 1) / 60:.0f} min" if ran else ""
+        print(f"{label}: training {job['epochs']} epochs in {job['bundle_root']}", flush=True)
+        start = time.monotonic()
+        result = run_job_process(job, eta)
+        spent, ran = spent + time.monotonic() - start, ran + 1
+        headline = result["evals"][next(iter(job["evals"]))]["overall"]
+        print(
+            f"{label}: done in {(time.monotonic() - start) / 60:.1f} min, Dice {headline['dice']:.4f}, "
+            f"IoU {headline['iou']:.4f}, HD95 {headline['hd95_mm']:.2f} mm",
+            flush=True,
+        )
+        results.append(result)
+    summary = {"benchmark": args.benchmark, "data": str(data_root), "datalist": str(datalist), "runs": results}
+    write_json_atomic(summary, out / "results.json")
+    write_reports(summary, out)
+    print(f"{len(results)} runs of {args.benchmark}: results.json/.csv/.md, learning_curves.png, figures/ in {out}")
+    return out / "results.json"
+
+
+# ---- child process: one arm and seed ---------------------------------------------------------------------
+
+
+def record_epochs(job: Mapping[str, Any], trainer: Any, evaluator: Any) -> None:
+    """Append validation Dice and the times of each epoch to history.json (kept across resumed runs)."""
+    from ignite.engine import Events
+
+    path = Path(job["bundle_root"]) / "history.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+
+    def record(engine: Any) -> None:
+        epoch = engine.state.epoch
+        history[:] = [h for h in history if h["epoch"] < epoch]
+        history.append(
+            {
+                "epoch": epoch,
+                "val_dice": float(evaluator.state.metrics[evaluator.state.key_metric_name]),
+                "train_s": float(engine.state.times["EPOCH_COMPLETED"]),
+                "val_s": float(evaluator.state.times["COMPLETED"]),
+            }
+        )
+        write_json_atomic(history, path)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
+
+
+def bundle_overrides(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "bundle_root": job["bundle_root"],
+        "dataset_dir": job["dataset_dir"],
+        "datalist_file": job["datalist_file"],
+        "image_size": job["image_size"],
+        "sam_variant": job["variant"],
+        **job["overrides"],
+    }
+
+
+def train(job: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(job["bundle_root"])
+    overrides = bundle_overrides(job) | {"seed": job["seed"], "max_epochs": job["epochs"]}
+    wf = ConfigWorkflow(config_file=job["train_configs"], workflow_type="train", logging_file=False, **overrides)
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    if not (root / "trained.json").is_file():
+        trainer, evaluator = (wf.parser.get_parsed_content(k) for k in ("train#trainer", "validate#evaluator"))
+        record_epochs(job, trainer, evaluator)
+        wf.run()
+        best = torch.load(root / "models" / "model.pt", weights_only=True)
+        write_json_atomic({"best_val_dice": best["val_mean_dice"], "best_epoch": best["epoch"]}, root / "trained.json")
+    wf.finalize()
+    trained = json.loads((root / "trained.json").read_text())
+    return trained | {
+        "params": sum(p.numel() for p in network.parameters()),
+        "trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
+    }
+
+
+def evaluate(job: Mapping[str, Any], overrides: Mapping[str, Any], output_dir: Path, num_overlays: int) -> dict:
+    from monai.bundle import ConfigWorkflow
+
+    settings = bundle_overrides(job) | dict(overrides)
+    settings |= {"output_dir": str(output_dir), "num_overlays": num_overlays}
+    wf = ConfigWorkflow(config_file=job["eval_configs"], workflow_type=None, logging_file=False, **settings)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return json.loads((output_dir / "metrics_summary.json").read_text())
+
+
+def case_scores(csv_path: Path) -> dict[str, float]:
+    """Mean Dice per case over its scored classes (rows flagged both_empty are left out, as in the summary)."""
+    per_case: dict[str, list[float]] = {}
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            if row["status"] != "both_empty":
+                per_case.setdefault(row["case"], []).append(float(row["dice"]))
+    return {case: sum(v) / len(v) for case, v in per_case.items()}
+
+
+def case_of(entry: Mapping[str, str]) -> str:
+    name = Path(entry["image"]).name
+    return Path(name[:-3] if name.endswith(".gz") else name).stem
+
+
+def best_and_worst_overlays(job: Mapping[str, Any], scores: Mapping[str, float], primary: Mapping[str, Any]) -> list:
+    """Score the best and the worst validation case again with overlays, and copy the PNGs to overlays_dir."""
+    best, worst = max(scores, key=scores.get), min(scores, key=scores.get)
+    datalist = json.loads(Path(job["datalist_file"]).read_text())
+    picked = [e for e in datalist["validation"] if case_of(e) in (best, worst)]
+    root = Path(job["bundle_root"])
+    write_json_atomic({"validation": picked}, root / "best_worst.json")
+    evaluate(job | {"datalist_file": str(root / "best_worst.json")}, primary, root / "eval" / "best_worst", 2)
+    figures = Path(job["overlays_dir"])
+    figures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, case in (("best", best), ("worst", worst)):
+        target = figures / f"{job['arm']}_{kind}_{case}.png"
+        shutil.copyfile(root / "eval" / "best_worst" / "overlays" / f"{case}.png", target)
+        written.append({"arm": job["arm"], "kind": kind, "case": case, "dice": scores[case], "png": str(target)})
+    return written
+
+
+def run_job(job_file: Path) -> None:
+    job = json.loads(job_file.read_text())
+    root = Path(job["bundle_root"])
+    result = {k: job[k] for k in ("benchmark", "arm", "seed", "epochs", "image_size", "variant", "overrides")}
+    result |= train(job)
+    history = json.loads((root / "history.json").read_text())
+    result["history"] = history
+    result["train_s_per_epoch"] = sum(h["train_s"] for h in history) / len(history)
+    result["val_s_per_epoch"] = sum(h["val_s"] for h in history) / len(history)
+    result["evals"] = {}
+    for tag, overrides in job["evals"].items():
+        start = time.monotonic()
+        summary = evaluate(job, overrides, root / "eval" / tag, 0)
+        result["evals"][tag] = {"overall": summary["overall"], "classes": summary["classes"]}
+        result["evals"][tag]["seconds"] = time.monotonic() - start
+        print(f"{tag}: {summary['overall']}", flush=True)
+    primary_tag = next(iter(job["evals"]))
+    result["primary_eval"] = primary_tag
+    if job["overlays_dir"]:
+        scores = case_scores(root / "eval" / primary_tag / "metrics_per_case.csv")
+        result["overlays"] = best_and_worst_overlays(job, scores, job["evals"][primary_tag]) if scores else []
+    write_json_atomic(result, root / "result.json")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.run_job:
+        run_job(args.run_job)
+    else:
+        run_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()
