@@ -25,3 +25,17 @@ def masks_to_boxes(masks: Tensor, scale: int = 1) -> tuple[Tensor, Tensor]:
     x1 = torch.where(cols, xs, -1).amax(-1).masked_fill(empty, w - 1)
     boxes = torch.stack([x0 * scale, y0 * scale, x1 * scale + scale - 1, y1 * scale + scale - 1], -1)
     return boxes.float(), empty
+
+
+def jitter_boxes(boxes: Tensor, fraction: float, max_std: float, size: int) -> Tensor:
+    """SAM's training noise for box prompts: each coordinate moves by a Gaussian whose std is `fraction` of
+    the box side along its axis, capped at `max_std` pixels; the result stays inside a `size` square image
+    and keeps x0 <= x1, y0 <= y1. `fraction=0` returns the boxes unchanged.
+    """
+    if fraction == 0:
+        return boxes
+    wh = boxes[..., 2:] - boxes[..., :2] + 1
+    side = torch.cat([wh, wh], -1)
+    noisy = (boxes + torch.randn_like(boxes) * (fraction * side).clamp(max=max_std)).clamp(0, size - 1)
+    lo, hi = torch.minimum(noisy[..., :2], noisy[..., 2:]), torch.maximum(noisy[..., :2], noisy[..., 2:])
+    return torch.cat([lo, hi], -1)

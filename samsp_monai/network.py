@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import masks_to_boxes
+from .boxes import jitter_boxes, masks_to_boxes
 from .errors import SAMSPError
 from .geometry import GEOMETRIES, Geometry, from_model_frame, to_model_frame
 from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
@@ -19,6 +19,8 @@ from .sam_factory import build_sam, load_sam_checkpoint
 EmptyBox = Literal["keep_previous", "full_image"]
 EMPTY_BOX_RULES = ("keep_previous", "full_image")
 TrainOutput = Literal["pair", "final"]
+# SAM's box-prompt noise is capped at 20 px for its 1024 px input; scaled to the encoder size here.
+SAM_JITTER_MAX_PX = 20 / 1024
 
 
 class SAMSPOutput(NamedTuple):
@@ -55,6 +57,11 @@ class SAMSP(nn.Module):
     final logits alone in train mode too, for callers that run train mode to sample, not to learn.
     `network_args` records the construction arguments (without the base `checkpoint`, whose weights a trained
     state dict replaces), so a checkpoint can carry how to rebuild its network.
+    Teaching the prompt path what a box means (training only, needs the label: `forward(x, target)`): with
+    probability `gt_box_prob` per image and class, pass 2 is prompted with the ground-truth box of that class,
+    jittered as SAM was trained (std `gt_box_jitter` x box side, capped at 20 px per 1024), instead of pass
+    1's box; classes absent from the label keep pass 1's box. `gt_box_prob=0` is plain SAM-SP.
+    `curriculum.GtBoxSchedule` changes `gt_box_prob` per epoch.
     """
 
     def __init__(
@@ -78,6 +85,8 @@ class SAMSP(nn.Module):
         geometry: Geometry = "stretch",
         dropout: float = 0.0,
         train_output: TrainOutput = "pair",
+        gt_box_prob: float = 0.0,
+        gt_box_jitter: float = 0.1,
     ) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint")}
         super().__init__()
@@ -105,6 +114,9 @@ class SAMSP(nn.Module):
         self.self_prompt, self.iterations, self.empty_box = self_prompt, iterations, empty_box
         self.empty_box_train = empty_box_train
         self.empty_prompts: Tensor | None = None
+        if not 0.0 <= gt_box_prob <= 1.0 or gt_box_jitter < 0:
+            raise SAMSPError(f"need 0 <= gt_box_prob <= 1 and gt_box_jitter >= 0, got {gt_box_prob}, {gt_box_jitter}")
+        self.gt_box_prob, self.gt_box_jitter = gt_box_prob, gt_box_jitter
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
@@ -114,14 +126,15 @@ class SAMSP(nn.Module):
         )
         log_trainable(self, f"SAM-SP {variant} (encoder: {encoder_training})")
 
-    def forward(self, x: Tensor) -> Tensor | SAMSPOutput:
+    def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor | SAMSPOutput:
         size = x.shape[-2:]
         embeddings = self.embedding_dropout(self.sam.image_encoder(self.preprocess(x)))
         first = self.decode(embeddings)
         logits = first
         passes = (1 if self.training else self.iterations) if self.self_prompt else 0
-        for _ in range(passes):
-            logits = self.decode(embeddings, logits)
+        teach = target is not None and self.training and self.gt_box_prob > 0
+        for i in range(passes):
+            logits = self.decode(embeddings, logits, target if teach and i == 0 else None)
         final = self.class_logits(logits, size)
         if self.training and passes and self.train_output == "pair":
             return SAMSPOutput(final, self.class_logits(first, size))
@@ -134,8 +147,9 @@ class SAMSP(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
-    def decode(self, embeddings: Tensor, previous: Tensor | None = None) -> Tensor:
-        """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous`."""
+    def decode(self, embeddings: Tensor, previous: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+        """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous` (some
+        replaced by the jittered ground-truth boxes of the label map `target`, see `gt_box_prob`)."""
         pe = self.sam.prompt_encoder.get_dense_pe()
         if previous is None:
             # One prompt row shared by the B images: the no-prompt case.
@@ -143,17 +157,29 @@ class SAMSP(nn.Module):
             return self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
         scale = self.img_size // previous.shape[-1]
         boxes, empty = masks_to_boxes(self.labels(previous), scale)
+        if self.training:
+            self.empty_prompts = empty.detach()
+        if target is not None:
+            boxes, empty = self.mix_in_gt_boxes(boxes, empty, target)
         # One decoder call for all B images x N class boxes: row (b, c) attends to image b, and the mask of
         # class c is token c of its box row.
         b, n = boxes.shape[:2]
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
         rows = self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
         refined = rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
-        if self.training:
-            self.empty_prompts = empty.detach()
         if (self.empty_box_train if self.training else self.empty_box) == "keep_previous":
             refined = torch.where(empty[..., None, None], previous, refined)
         return refined
+
+    def mix_in_gt_boxes(self, boxes: Tensor, empty: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
+        probability `gt_box_prob`, where the class is present. `target` has the input's size and is framed
+        like it (`geometry`), so the boxes are in the encoder's pixel coordinates."""
+        masks = (target == torch.arange(1, self.num_classes + 1, device=target.device)[:, None, None]).float()
+        gt, gt_empty = masks_to_boxes(to_model_frame(masks, self.img_size, self.geometry, mode="nearest") > 0.5)
+        gt = jitter_boxes(gt, self.gt_box_jitter, SAM_JITTER_MAX_PX * self.img_size, self.img_size)
+        use = (torch.rand(gt_empty.shape, device=gt.device) < self.gt_box_prob) & ~gt_empty
+        return torch.where(use[..., None], gt, boxes), empty & ~use
 
     def labels(self, logits: Tensor) -> Tensor:
         """Per-class bool masks (B, N, h, w) of the argmax label map of foreground logits."""

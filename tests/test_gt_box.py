@@ -1,0 +1,113 @@
+"""Ground-truth box prompts in training (gt_box_prob / gt_box_jitter) and their per-epoch schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO, small_samsp
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigWorkflow
+
+from samsp_monai import SAMSPError
+from samsp_monai.boxes import jitter_boxes
+from samsp_monai.curriculum import GtBoxSchedule
+
+
+def _prompt_boxes(net) -> list[torch.Tensor]:
+    """The boxes of every prompt-encoder call (None for the no-prompt pass)."""
+    seen = []
+    net.sam.prompt_encoder.register_forward_pre_hook(lambda _, args, kw: seen.append(kw["boxes"]), with_kwargs=True)
+    return seen
+
+
+def _label() -> torch.Tensor:
+    """Two 64x64 label maps: image 0 holds classes 1 and 2, image 1 only class 1."""
+    target = torch.zeros(2, 1, 64, 64, dtype=torch.long)
+    target[0, 0, 10:30, 5:45] = 1  # rows 10..29, columns 5..44: box (x0, y0, x1, y1) = (5, 10, 44, 29)
+    target[0, 0, 40:50, 50:60] = 2  # (50, 40, 59, 49)
+    target[1, 0, 3:9, 20:21] = 1  # (20, 3, 20, 8)
+    return target
+
+
+def test_with_probability_one_and_no_jitter_pass_two_gets_the_ground_truth_boxes():
+    x, target = torch.rand(2, 1, 64, 64), _label()
+    reference = small_samsp(num_classes=2).train()
+    state = reference.state_dict()
+    plain_boxes = _prompt_boxes(reference)
+    reference(x)
+    net = small_samsp(num_classes=2, gt_box_prob=1.0, gt_box_jitter=0.0).train()
+    net.load_state_dict(state)
+    boxes = _prompt_boxes(net)
+    net(x, target)
+    assert boxes[0] is None and len(boxes) == 2
+    second = boxes[1].reshape(2, 2, 4)
+    expected = torch.tensor([[5.0, 10, 44, 29], [50, 40, 59, 49], [20, 3, 20, 8]])
+    torch.testing.assert_close(torch.stack([second[0, 0], second[0, 1], second[1, 0]]), expected)
+    # class 2 is absent from image 1: it keeps the box of its own first pass
+    torch.testing.assert_close(second[1, 1], plain_boxes[1].reshape(2, 2, 4)[1, 1])
+
+
+def test_probability_zero_is_plain_samsp_and_draws_no_random_numbers():
+    x, target = torch.rand(2, 1, 64, 64), _label()
+    net = small_samsp(num_classes=2).train()
+    rng = torch.get_rng_state()
+    with_target = net(x, target)
+    assert torch.equal(torch.get_rng_state(), rng)
+    without = net(x)
+    assert torch.equal(with_target.final, without.final) and torch.equal(with_target.first, without.first)
+
+
+def test_inference_ignores_the_label():
+    x, target = torch.rand(2, 1, 64, 64), _label()
+    net = small_samsp(num_classes=2, gt_box_prob=1.0).eval()
+    with torch.no_grad():
+        assert torch.equal(net(x, target), net(x))
+
+
+def test_jitter_std_is_a_tenth_of_the_side_capped_and_boxes_stay_valid():
+    torch.manual_seed(1)
+    boxes = torch.tensor([[100.0, 100, 139, 299]]).expand(20000, 4)  # 40 wide, 200 high
+    noisy = jitter_boxes(boxes, 0.1, max_std=8.0, size=512)
+    std = (noisy - boxes).std(0)
+    torch.testing.assert_close(std, torch.tensor([4.0, 8.0, 4.0, 8.0]), rtol=0.05, atol=0)  # 0.1*40, min(0.1*200, 8)
+    edge = jitter_boxes(torch.tensor([[0.0, 0, 3, 63]]).expand(2000, 4), 0.5, 50.0, 64)
+    assert edge.min() >= 0 and edge.max() <= 63
+    assert torch.all(edge[:, 0] <= edge[:, 2]) and torch.all(edge[:, 1] <= edge[:, 3])
+    assert torch.equal(jitter_boxes(boxes, 0.0, 8.0, 512), boxes)
+
+
+def test_schedule_anneals_the_probability_per_epoch_on_a_real_engine():
+    net = small_samsp()
+    seen = []
+    engine = Engine(lambda e, b: seen.append((e.state.epoch, net.gt_box_prob, net.gt_box_jitter)))
+    GtBoxSchedule(net, prob=1.0, jitter=0.05, anneal_epochs=4).attach(engine)
+    engine.run([0], max_epochs=6)
+    assert seen == [(1, 1.0, 0.05), (2, 0.75, 0.05), (3, 0.5, 0.05), (4, 0.25, 0.05), (5, 0.0, 0.05), (6, 0.0, 0.05)]
+    assert GtBoxSchedule(net, prob=0.3).value(50) == 0.3
+
+
+@pytest.mark.parametrize("kwargs", [{"prob": "0.5"}, {"prob": 1.5}, {"prob": 0.5, "anneal_epochs": -1}])
+def test_schedule_refuses_bad_settings(kwargs):
+    with pytest.raises(SAMSPError, match="gt_box"):
+        GtBoxSchedule(small_samsp(), **kwargs)
+
+
+def test_bundle_passes_the_label_to_the_network_when_ground_truth_boxes_are_on(tmp_path):
+    configs = [str(REPO / "bundle/configs/train.json"), str(REPO / "bundle/configs/demo.json")]
+    overrides = {"bundle_root": str(tmp_path), "max_epochs": 1, "slices_per_volume": 2, "image_size": 64}
+    wf = ConfigWorkflow(
+        config_file=configs, workflow_type="train", gt_box_prob=1.0, gt_box_anneal_epochs=2, **overrides
+    )
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    targets = []
+    network.register_forward_pre_hook(lambda _, args, kw: targets.append(kw.get("target")), with_kwargs=True)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    labels = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: labels.append(e.state.batch["label"]))
+    wf.run()
+    wf.finalize()
+    train_targets = [t for t in targets if t is not None]
+    assert len(train_targets) == len(labels) == 6  # every training step, no validation step
+    assert all(torch.equal(t.cpu(), torch.as_tensor(label)) for t, label in zip(train_targets, labels, strict=True))
+    assert network.gt_box_prob == 1.0  # epoch 1 of a 2-epoch anneal
