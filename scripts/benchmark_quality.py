@@ -58,7 +58,7 @@ BENCHMARKS = {
         ("train.json", "image2d.json", "scratch.json"),
         ("inference.json", "evaluate.json", "image2d.json", "scratch.json"),
         256,
-        ("samsp", "single_pass", "samsp_no_distill", "unet"),
+        ("samsp", "single_pass", "samsp_no_distill", "unet", "samsp_gt0.5", "samsp_gt_anneal"),
     ),
     "hippocampus": Benchmark(
         "msd-hippocampus",
@@ -66,7 +66,7 @@ BENCHMARKS = {
         ("train.json", "scratch.json"),
         ("inference.json", "evaluate.json", "scratch.json"),
         128,
-        ("samsp", "single_pass", "unet"),
+        ("samsp", "single_pass", "unet", "samsp_gt_anneal"),
     ),
 }
 
@@ -83,6 +83,14 @@ ARMS: dict[str, dict[str, Any]] = {
     "single_pass": {"self_prompt": False, "distill": False},
     "samsp_no_distill": {"self_prompt": True, "distill": False},
     "unet": {"self_prompt": False, "distill": False, "network_def": UNET},
+    # Pass 2 sees the jittered ground-truth box instead of pass 1's with this probability (train.json gt_box_*).
+    "samsp_gt0.5": {"self_prompt": True, "distill": True, "gt_box_prob": 0.5},
+    "samsp_gt_anneal": {
+        "self_prompt": True,
+        "distill": True,
+        "gt_box_prob": 1.0,
+        "gt_box_anneal_epochs": "$@max_epochs",
+    },
 }
 
 # Scorings of a trained arm (overrides of inference.json); the first is the arm's headline result.
