@@ -7,8 +7,8 @@ under OUT/<benchmark>/runs/, named by the hash of its settings, so a rerun skips
 resumes an interrupted one from its training_state.pt. Each arm runs in a child process whose log goes to
 its bundle_root (log.txt); this process prints one line per epoch with an ETA.
 
-    python scripts/benchmark_quality.py kvasir --epochs 20 --seeds 0 1 2 --out benchmarks/out
-    python scripts/benchmark_quality.py hippocampus --epochs 20 --seeds 0 1 2 --out benchmarks/out
+    python scripts/benchmark_quality.py kvasir --seeds 0 1 2 --out benchmarks/out
+    python scripts/benchmark_quality.py hippocampus --seeds 0 1 2 --out benchmarks/out
 
 Writes OUT/<benchmark>/results.json, results.csv, results.md (the tables), learning_curves.png and
 figures/ (overlays of the best and worst validation case per arm, first seed).
@@ -48,6 +48,7 @@ class Benchmark:
     train_configs: tuple[str, ...]
     eval_configs: tuple[str, ...]
     image_size: int
+    epochs: int
     arms: tuple[str, ...]
 
 
@@ -58,6 +59,7 @@ BENCHMARKS = {
         ("train.json", "image2d.json", "scratch.json"),
         ("inference.json", "evaluate.json", "image2d.json", "scratch.json"),
         256,
+        12,
         ("samsp", "single_pass", "samsp_no_distill", "unet", "samsp_gt0.5", "samsp_gt_anneal"),
     ),
     "hippocampus": Benchmark(
@@ -66,23 +68,19 @@ BENCHMARKS = {
         ("train.json", "scratch.json"),
         ("inference.json", "evaluate.json", "scratch.json"),
         128,
+        30,
         ("samsp", "single_pass", "unet", "samsp_gt_anneal"),
     ),
 }
 
-UNET = {
-    "_target_": "samsp_monai.unet.ResizingUNet",
-    "img_size": "@image_size",
-    "num_classes": "@num_classes",
-    "in_channels": "@in_channels",
-}
+UNET = json.loads((CONFIGS / "unet.json").read_text())  # the UNet baseline users run with the bundle
 
 # What each arm changes in train.json; everything else is shared by all arms.
 ARMS: dict[str, dict[str, Any]] = {
     "samsp": {"self_prompt": True, "distill": True},
     "single_pass": {"self_prompt": False, "distill": False},
     "samsp_no_distill": {"self_prompt": True, "distill": False},
-    "unet": {"self_prompt": False, "distill": False, "network_def": UNET},
+    "unet": UNET,
     # Pass 2 sees the jittered ground-truth box instead of pass 1's with this probability (train.json gt_box_*).
     "samsp_gt0.5": {"self_prompt": True, "distill": True, "gt_box_prob": 0.5},
     "samsp_gt_anneal": {
@@ -111,7 +109,7 @@ def evals_of(arm: str) -> dict[str, dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs of every arm (default 20)")
+    parser.add_argument("--epochs", type=int, help="training epochs of every arm (default: kvasir 12, hippocampus 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     parser.add_argument("--image-size", type=int, help="model input size (default: kvasir 256, hippocampus 128)")
     parser.add_argument("--variant", default="vit_demo", help="SAM variant, random init (default vit_demo)")
@@ -179,7 +177,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     datalist = make_datalist(bench, data_root, out, args.max_cases)
     datalist_sha = hashlib.sha256(datalist.read_bytes()).hexdigest()
-    image_size = args.image_size or bench.image_size
+    image_size, epochs = args.image_size or bench.image_size, args.epochs or bench.epochs
     jobs = []
     for arm in arms:
         for seed in args.seeds:
@@ -188,7 +186,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
                 "arm": arm,
                 "overrides": ARMS[arm],
                 "evals": evals_of(arm),
-                "epochs": args.epochs,
+                "epochs": epochs,
                 "seed": seed,
                 "image_size": image_size,
                 "variant": args.variant,
