@@ -4,8 +4,8 @@ Every arm trains and is scored through the bundle's own configs (train.json [+ i
 for training, inference.json + evaluate.json for scoring), with the same data split, epochs, seed, slices
 and augmentation; an arm differs only by its overrides (ARMS). Each arm and seed gets its own bundle_root
 under OUT/<benchmark>/runs/, named by the hash of its settings, so a rerun skips the finished ones and
-resumes an interrupted one from its training_state.pt. Each arm runs in a child process whose log goes to
-its bundle_root (log.txt); this process prints one line per epoch with an ETA.
+resumes an interrupted one from its training_state.pt. The arms run one after the other in a child process
+whose log goes to OUT/<benchmark>/log.txt; this process prints one line per epoch with an ETA.
 
     python scripts/benchmark_quality.py kvasir --seeds 0 1 2 --out benchmarks/out
     python scripts/benchmark_quality.py hippocampus --seeds 0 1 2 --out benchmarks/out
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import hashlib
 import json
 import os
@@ -117,7 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-cases", type=int, help="first N training and N validation cases only (smoke runs)")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
-    parser.add_argument("--run-job", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-jobs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -135,33 +136,56 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def run_job_process(job: dict[str, Any], eta: str) -> dict[str, Any]:
-    """Run one arm and seed in a child process (its own log), printing each epoch as history.json grows."""
-    root = Path(job["bundle_root"])
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(job, root / "job.json")
-    history_path, shown = root / "history.json", 0
-    cmd = [sys.executable, str(Path(__file__).resolve()), job["benchmark"], "--run-job", str(root / "job.json")]
-    with open(root / "log.txt", "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+def watch(proc: subprocess.Popen, jobs: Sequence[Mapping[str, Any]], log: Path) -> list[dict[str, Any]]:
+    """Follow the child through `jobs`: one line per epoch as each history.json grows, one per finished arm."""
+    results, begun = [], time.monotonic()
+    for n, job in enumerate(jobs):
+        root, shown, start = Path(job["bundle_root"]), 0, time.monotonic()
+        label = f"[{n + 1}/{len(jobs)}] {job['benchmark']} {job['arm']} seed {job['seed']}"
+        eta = f"; benchmark ETA {(time.monotonic() - begun) / n * (len(jobs) - n) / 60:.0f} min" if n else ""
+        print(f"{label}: training {job['epochs']} epochs in {root}", flush=True)
         while True:
-            done = proc.poll() is not None
-            history = json.loads(history_path.read_text()) if history_path.is_file() else []
+            exited = proc.poll() is not None
+            history = json.loads((root / "history.json").read_text()) if (root / "history.json").is_file() else []
             for h in history[shown:]:
                 left = (job["epochs"] - h["epoch"]) * (h["train_s"] + h["val_s"])
                 print(
-                    f"    epoch {h['epoch']}/{job['epochs']}: val Dice {h['val_dice']:.4f}, "
-                    f"{h['train_s']:.1f} s train + {h['val_s']:.1f} s val (arm training ETA {left / 60:.1f} min{eta})",
+                    f"    epoch {h['epoch']}/{job['epochs']}: val Dice {h['val_dice']:.4f}, {h['train_s']:.1f} s train"
+                    f" + {h['val_s']:.1f} s val (arm training ETA {left / 60:.1f} min{eta})",
                     flush=True,
                 )
             shown = len(history)
-            if done:
+            if (root / "result.json").is_file():
                 break
+            if exited:
+                tail = log.read_text()[-3000:]
+                raise SAMSPError(f"{label} failed (bundle_root {root}); the log {log} ends:\n{tail}")
             time.sleep(2)
-    if proc.returncode != 0:
-        tail = (root / "log.txt").read_text()[-3000:]
-        raise SAMSPError(f"{job['arm']} (seed {job['seed']}) failed; its log {root / 'log.txt'} ends:\n{tail}")
-    return json.loads((root / "result.json").read_text())
+        result = json.loads((root / "result.json").read_text())
+        headline = result["evals"][result["primary_eval"]]["overall"]
+        print(
+            f"{label}: done in {(time.monotonic() - start) / 60:.1f} min, Dice {headline['dice']:.4f}, "
+            f"IoU {headline['iou']:.4f}, HD95 {headline['hd95_mm']:.2f} mm",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def run_jobs_process(jobs: Sequence[Mapping[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Run the arms in one child process (imports paid once; its log: OUT/<benchmark>/log.txt) and follow it."""
+    jobs_file, log = out / "pending_jobs.json", out / "log.txt"
+    write_json_atomic(list(jobs), jobs_file)
+    cmd = [sys.executable, str(Path(__file__).resolve()), jobs[0]["benchmark"], "--run-jobs", str(jobs_file)]
+    with open(log, "a") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            results = watch(proc, jobs, log)
+        except BaseException:
+            proc.terminate()
+            raise
+        proc.wait()
+    return results
 
 
 def run_benchmark(args: argparse.Namespace) -> Path:
@@ -204,26 +228,13 @@ def run_benchmark(args: argparse.Namespace) -> Path:
                     "overlays_dir": str(out / "figures") if seed == args.seeds[0] else None,
                 }
             )
-    results, spent, ran = [], 0.0, 0
-    for i, job in enumerate(jobs, 1):
-        label = f"[{i}/{len(jobs)}] {args.benchmark} {job['arm']} seed {job['seed']}"
-        result_file = Path(job["bundle_root"]) / "result.json"
-        if result_file.is_file():
-            print(f"{label}: already complete ({result_file}), skipped", flush=True)
-            results.append(json.loads(result_file.read_text()))
-            continue
-        eta = f"; benchmark ETA {spent / ran * (len(jobs) - i + 1) / 60:.0f} min" if ran else ""
-        print(f"{label}: training {job['epochs']} epochs in {job['bundle_root']}", flush=True)
-        start = time.monotonic()
-        result = run_job_process(job, eta)
-        spent, ran = spent + time.monotonic() - start, ran + 1
-        headline = result["evals"][next(iter(job["evals"]))]["overall"]
-        print(
-            f"{label}: done in {(time.monotonic() - start) / 60:.1f} min, Dice {headline['dice']:.4f}, "
-            f"IoU {headline['iou']:.4f}, HD95 {headline['hd95_mm']:.2f} mm",
-            flush=True,
-        )
-        results.append(result)
+    done = [j for j in jobs if (Path(j["bundle_root"]) / "result.json").is_file()]
+    for job in done:
+        print(f"{args.benchmark} {job['arm']} seed {job['seed']}: already complete ({job['bundle_root']}), skipped")
+    pending = [j for j in jobs if j not in done]
+    if pending:
+        run_jobs_process(pending, out)
+    results = [json.loads((Path(j["bundle_root"]) / "result.json").read_text()) for j in jobs]
     summary = {"benchmark": args.benchmark, "data": str(data_root), "datalist": str(datalist), "runs": results}
     write_json_atomic(summary, out / "results.json")
     write_reports(summary, out)
@@ -231,7 +242,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
     return out / "results.json"
 
 
-# ---- child process: one arm and seed ---------------------------------------------------------------------
+# ---- child process: the arms, one after the other ---------------------------------------------------------
 
 
 def record_epochs(job: Mapping[str, Any], trainer: Any, evaluator: Any) -> None:
@@ -336,9 +347,11 @@ def best_and_worst_overlays(job: Mapping[str, Any], scores: Mapping[str, float],
     return written
 
 
-def run_job(job_file: Path) -> None:
-    job = json.loads(job_file.read_text())
+def run_job(job: Mapping[str, Any]) -> None:
+    """Train one arm and seed, score it, and write result.json (the mark of a finished arm) last."""
+    print(f"==== {job['arm']} seed {job['seed']}: {job['bundle_root']}", flush=True)
     root = Path(job["bundle_root"])
+    root.mkdir(parents=True, exist_ok=True)
     result = {k: job[k] for k in ("benchmark", "arm", "seed", "epochs", "image_size", "variant", "overrides")}
     result |= train(job)
     history = json.loads((root / "history.json").read_text())
@@ -363,8 +376,10 @@ def run_job(job_file: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if args.run_job:
-        run_job(args.run_job)
+    if args.run_jobs:
+        for job in json.loads(args.run_jobs.read_text()):
+            run_job(job)
+            gc.collect()  # the previous arm's cached data sets and engines go before the next arm loads its own
     else:
         run_benchmark(args)
 
