@@ -122,14 +122,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_datalist(bench: Benchmark, root: Path, out: Path, max_cases: int | None) -> Path:
-    """The benchmark's split (Kvasir: official train.txt/val.txt; MSD: seed 0, 20 %), optionally truncated."""
+def make_datalist(bench: Benchmark, root: Path, out: Path, max_cases: int | None) -> tuple[Path, str]:
+    """The benchmark's split (Kvasir: official train.txt/val.txt; MSD: seed 0, 20 %), optionally truncated,
+    saved under its own hash, so runs with other cases (a smoke run into the same OUT) never change it."""
     datalist = build_datalist(bench.layout, root)
     if max_cases is not None:
         datalist = {split: cases[:max_cases] for split, cases in datalist.items()}
-    path = out / "datalist.json"
+    sha = hashlib.sha256(json.dumps(datalist, sort_keys=True).encode()).hexdigest()
+    path = out / f"datalist-{sha[:8]}.json"
     write_json_atomic(datalist, path)
-    return path
+    return path, sha
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
@@ -199,8 +201,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
         raise SAMSPError(f"data folder {data_root} not found; pass --data-root (the folder holding {bench.data}/)")
     out = (args.out / args.benchmark).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    datalist = make_datalist(bench, data_root, out, args.max_cases)
-    datalist_sha = hashlib.sha256(datalist.read_bytes()).hexdigest()
+    datalist, datalist_sha = make_datalist(bench, data_root, out, args.max_cases)
     image_size, epochs = args.image_size or bench.image_size, args.epochs or bench.epochs
     jobs = []
     for arm in arms:
