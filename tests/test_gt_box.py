@@ -111,3 +111,14 @@ def test_bundle_passes_the_label_to_the_network_when_ground_truth_boxes_are_on(t
     assert len(train_targets) == len(labels) == 6  # every training step, no validation step
     assert all(torch.equal(t.cpu(), torch.as_tensor(label)) for t, label in zip(train_targets, labels, strict=True))
     assert network.gt_box_prob == 1.0  # epoch 1 of a 2-epoch anneal
+
+
+@pytest.mark.parametrize("geometry, expected", [("sam", [5.0, 10, 44, 19]), ("stretch", [5.0, 20, 44, 39])])
+def test_ground_truth_boxes_are_framed_like_the_input(geometry, expected):
+    """A 32x64 input: `sam` pads it below (rows kept), `stretch` doubles its rows to fill the 64x64 frame."""
+    target = torch.zeros(1, 1, 32, 64, dtype=torch.long)
+    target[0, 0, 10:20, 5:45] = 1
+    net = small_samsp(geometry=geometry, gt_box_prob=1.0, gt_box_jitter=0.0).train()
+    boxes = _prompt_boxes(net)
+    net(torch.rand(1, 1, 32, 64), target)
+    torch.testing.assert_close(boxes[1], torch.tensor([expected]))
