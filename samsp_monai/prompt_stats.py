@@ -34,7 +34,7 @@ class EmptyPromptShare:
         self.empty, self.total = torch.zeros(()), 0
 
     def collect(self, engine: Engine) -> None:
-        flags = self.network.empty_prompts
+        flags = getattr(self.network, "empty_prompts", None)  # None also for other networks (e.g. the UNet baseline)
         if flags is not None:
             self.empty = self.empty.to(flags.device) + flags.sum()  # stays on the device until the epoch ends
             self.total += flags.numel()

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from ignite.engine import Engine
 
+from samsp_monai.prompt_stats import EmptyPromptShare
 from samsp_monai.unet import ResizingUNet
 
 
@@ -17,3 +19,12 @@ def test_logits_have_the_input_size_and_one_channel_per_class_plus_background(sh
 def test_input_size_must_survive_the_strides():
     with pytest.raises(ValueError, match="multiple of 16"):
         ResizingUNet(img_size=40)
+
+
+def test_train_json_empty_prompt_statistics_leave_a_unet_alone():
+    """train.json's EmptyPromptShare handler stays in the chain when network_def is swapped for the UNet."""
+    net = ResizingUNet(img_size=32, channels=(4, 8, 16), strides=(2, 2))
+    engine = Engine(lambda e, b: net(torch.rand(1, 3, 32, 32)))
+    EmptyPromptShare(net).attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    assert "train_empty_y0_share" not in engine.state.metrics
