@@ -1,6 +1,16 @@
 """SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
 
-from . import case_isolation, checkpoints, datalist, input_checks, output_guard, precision, serving, transforms
+from . import (
+    case_isolation,
+    checkpoints,
+    datalist,
+    input_checks,
+    output_guard,
+    precision,
+    serving,
+    settings,
+    transforms,
+)
 from .boxes import masks_to_boxes
 from .demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
@@ -29,6 +39,7 @@ __all__ = [
     "output_guard",
     "require_checkpoint",
     "serving",
+    "settings",
     "transforms",
 ]
 

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
+
+# `atomic_write`'s temporary files: `.<name>.<mkstemp's 8 random characters>.tmp` beside the target
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}."
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call `write` on a temporary file beside `path`, flush it to disk, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -28,3 +39,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete `atomic_write` temporary files in `folder` left by a write that was killed mid-way.
+
+    Call it only while holding the folder's lock: a live writer's temporary file looks the same.
+    """
+    folder = Path(folder)
+    stale = (
+        sorted(p for p in folder.glob(".*.tmp") if p.is_file() and TEMP_NAME.match(p.name)) if folder.is_dir() else []
+    )
+    for path in stale:
+        path.unlink(missing_ok=True)
+        logger.warning("removed %s, left by an interrupted checkpoint write", path)
+    return stale

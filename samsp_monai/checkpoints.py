@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,14 +40,21 @@ def network_args(network: torch.nn.Module) -> dict[str, Any] | None:
     return getattr(getattr(network, "module", network), "network_args", None)
 
 
+def all_finite(network: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in network.state_dict().values() if p.is_floating_point())
+
+
 class BestModelSaver:
     """Attach to the evaluator: saves `{"model": state_dict, "network_args": ...}` to `path` whenever the key
     metric improves; `network_args` lets inference rebuild the network exactly as trained.
 
-    Its own `state_dict` (best value and epoch) goes into the resumable training state, so a resumed run
-    only replaces the best model with a better one. For retraining a model that is being served (MONAI Label),
-    `score_baseline` first validates the loaded weights, so only a better model replaces them, and
-    `keep_previous` copies the file it replaces to `<name>.prev.pt` once per run.
+    A non-finite metric or a network with non-finite weights is never saved. Attached to the trainer too
+    (`attach_trainer`), it saves the last epoch's model when no validation ran at all (a data set without
+    validation cases), so a run always ends with a model or says why not. Its own `state_dict` (best value,
+    epoch, metric name) goes into the resumable training state, so a resumed run only replaces the best model
+    with a better one. For retraining a model that is being served (MONAI Label), `score_baseline` first
+    validates the loaded weights, so only a better model replaces them, and `keep_previous` copies the file it
+    replaces to `<name>.prev.pt` once per run.
     """
 
     def __init__(
@@ -55,29 +63,54 @@ class BestModelSaver:
         self.path, self.network, self.metric_name = Path(path), network, metric_name
         self.previous_path = self.path.with_suffix(".prev.pt") if keep_previous else None
         self.best_metric, self.best_epoch = -float("inf"), -1
+        self.validated, self.saved_unvalidated_epoch = False, -1
         self._scoring_baseline = False
 
     def attach(self, engine: Workflow) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
+    def attach_trainer(self, trainer: Workflow, val_cases: int) -> None:
+        """Save the last model at the end of training if no validation ran; say so up front if none can."""
+        if val_cases == 0:
+            logger.warning(
+                "the datalist has no validation cases: no best model can be chosen; the model of the last epoch "
+                "will be saved to %s (add a 'validation' list to the datalist to choose the best epoch)",
+                self.path,
+            )
+        trainer.add_event_handler(Events.COMPLETED, self.save_if_unvalidated)
+
     def __call__(self, engine: Workflow) -> None:
         name = self.metric_name = self.metric_name or engine.state.key_metric_name
-        value = float(engine.state.metrics[name])
-        if self._scoring_baseline:
+        value, epoch = float(engine.state.metrics[name]), engine.state.epoch
+        self.validated = True
+        if not math.isfinite(value) or not all_finite(self.network):
+            logger.warning("validation %s=%s at epoch %d, or non-finite weights: model not saved", name, value, epoch)
+        elif self._scoring_baseline:
             self.best_metric, self.best_epoch = value, 0
             logger.info("model before training: %s=%.4f; only a better one replaces %s", name, value, self.path)
         elif value > self.best_metric:
-            self.best_metric, self.best_epoch = value, engine.state.epoch
-            if is_writer():
-                if self.previous_path is not None and self.path.exists():
-                    shutil.copy2(self.path, self.previous_path)
-                    logger.info("kept the replaced model as %s", self.previous_path)
-                    self.previous_path = None
-                checkpoint = {"model": self.network.state_dict(), name: value, "epoch": self.best_epoch}
-                if (args := network_args(self.network)) is not None:
-                    checkpoint["network_args"] = args
-                atomic_save(checkpoint, self.path)
-                logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, self.best_epoch, self.path)
+            self.best_metric, self.best_epoch = value, epoch
+            self._save({name: value, "epoch": epoch})
+            logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, epoch, self.path)
+
+    def save_if_unvalidated(self, trainer: Workflow) -> None:
+        if self.validated or self.best_epoch >= 0 or not all_finite(self.network):
+            return
+        self.saved_unvalidated_epoch = trainer.state.epoch
+        self._save({"epoch": trainer.state.epoch})
+
+    def _save(self, details: Mapping[str, Any]) -> None:
+        """`{"model", "network_args", **details}` to `path` (rank 0 only), keeping the replaced file if asked."""
+        if not is_writer():
+            return
+        if self.previous_path is not None and self.path.exists():
+            shutil.copy2(self.path, self.previous_path)
+            logger.info("kept the replaced model as %s", self.previous_path)
+            self.previous_path = None
+        checkpoint = {"model": self.network.state_dict(), **details}
+        if (args := network_args(self.network)) is not None:
+            checkpoint["network_args"] = args
+        atomic_save(checkpoint, self.path)
 
     def score_baseline(self, evaluator: Workflow) -> None:
         """Validate the network as it is now (e.g. the served model, loaded at trainer start) and make its score
@@ -92,17 +125,27 @@ class BestModelSaver:
         """Score the baseline when `trainer` starts, after handlers attached before this (checkpoint loaders)."""
         trainer.add_event_handler(Events.STARTED, lambda _: self.score_baseline(evaluator))
 
-    def report(self) -> str:
-        """The line a finished run ends with, so a user sees at once what the run achieved."""
-        line = f"best validation {self.metric_name or 'key metric'}: {self.best_metric:.4f} at epoch {self.best_epoch}"
-        print(f"{line} (model: {self.path})", flush=True)
+    def report(self, state_path: str | Path | None = None) -> str:
+        """The line a finished run ends with: what it achieved and what was written where."""
+        if self.best_epoch >= 0:
+            line = f"best validation {self.metric_name}: {self.best_metric:.4f} at epoch {self.best_epoch}"
+            line += f" (model: {self.path})"
+        elif self.saved_unvalidated_epoch >= 0:
+            epoch = self.saved_unvalidated_epoch
+            line = f"no validation ran: saved the model of the last epoch ({epoch}) to {self.path}"
+        else:
+            line = f"no model written to {self.path}: validation {self.metric_name or 'metric'} was never finite"
+        if state_path is not None:
+            line += f"; resumable training state: {state_path}"
+        print(line, flush=True)
         return line
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+    def state_dict(self) -> dict[str, float | int | str | None]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "metric_name": self.metric_name}
 
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
+    def load_state_dict(self, state: Mapping[str, float | int | str | None]) -> None:
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        self.metric_name = self.metric_name or state.get("metric_name")
 
 
 class TrainingStateSaver:

@@ -14,6 +14,8 @@ import os
 import secrets
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +25,7 @@ from monai.handlers import MLFlowHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from .checkpoints import BestModelSaver
+from .errors import SAMSPError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ else:
 logger = logging.getLogger(__name__)
 
 CODE_DIR = Path(__file__).resolve().parent
+PROBE_TIMEOUT_S = 3.0
 
 
 class HasLossTerms(Protocol):
@@ -80,6 +84,27 @@ def file_digest(path: str | Path | None, length: int = 12) -> str | None:
     return digest.hexdigest()[:length]
 
 
+def require_reachable(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast when an HTTP(S) tracking server does not answer: MLflow's own client retries for minutes.
+
+    Any HTTP answer counts (even 401/404: a server is there); a refused connection, an unknown host or no answer
+    within `timeout` seconds raises a `SAMSPError`. Other URIs (SQLite, Databricks, ...) are not probed.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise SAMSPError(
+            f"MLflow tracking server {tracking_uri} does not answer ({reason}); start it, correct --tracking_uri, "
+            "or leave out --tracking mlflow (or --tracking_uri, for the local SQLite store)"
+        ) from err
+
+
 def find_mlflow_handler(engine: Engine) -> MLFlowHandler | None:
     """The `MLFlowHandler` attached to `engine`, or None when tracking is off (or disabled on this rank).
 
@@ -100,7 +125,8 @@ class MLflowRunDetails:
     Attach it before that handler (list it last in the bundle's handlers: MONAI appends its handler after them),
     so that everything here lands before the run is closed at `COMPLETED`.
 
-    - `STARTED`: opens the run through the `MLFlowHandler` (its `start` is re-entrant) and logs `params` and `tags`.
+    - `STARTED`: checks that an HTTP tracking server answers (`require_reachable`), opens the run through the
+      `MLFlowHandler` (its `start` is re-entrant) and logs `params` and `tags`.
     - `ITERATION_COMPLETED` (with `loss`): each term of `loss.last_terms` as `<loss_prefix><term>` at the
       iteration, and once the param `loss_terms` (the terms the loss actually computed, e.g. `dice+ce+kl`).
     - `COMPLETED`: with `best_model`, the metrics `best_<key metric>` and `best_epoch` and the tag
@@ -137,6 +163,7 @@ class MLflowRunDetails:
         self.mlflow = find_mlflow_handler(engine)
         if self.mlflow is None:
             return
+        require_reachable(self.mlflow.client.tracking_uri)
         self.mlflow.start(engine)
         self._log(params={k: str(v) for k, v in self.params.items()}, tags={k: str(v) for k, v in self.tags.items()})
         logger.info(
