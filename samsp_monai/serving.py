@@ -102,12 +102,12 @@ def train_config(files: Sequence[str | Path], overrides: Mapping[str, Any], args
     config["validate"]["best_model"]["keep_previous"] = True
     # out of models/: MONAI Label offers every models/*.pt as a model to infer with
     config["training_state_path"] = "$@bundle_root + '/train_state/training_state.pt'"
+    # Each request is a new run from the served weights. The previous request's state is of no use (the served
+    # model and model.prev.pt hold the weights), so it is deleted: `fresh` would move one aside per request.
+    config["fresh"] = False
+    config["initialize"] = ["$pathlib.Path(@training_state_path).unlink(missing_ok=True)", *config["initialize"]]
+    config["imports"] = [*config.get("imports", []), "$import pathlib"]
     first_steps = ["$@validate#best_model.attach_baseline(@train#trainer, @validate#evaluator)"]
-    if "fresh" in config:
-        config["fresh"] = True
-    else:  # until the bundle has its own `fresh` switch: a request never resumes the previous request's state
-        first_steps.insert(0, "$pathlib.Path(@training_state_path).unlink(missing_ok=True)")
-        config["imports"] = [*config.get("imports", []), "$import pathlib"]
     config["training"] = [*first_steps, *config["training"], TRAIN_STATS_STEP]
     return config
 
