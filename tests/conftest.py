@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from samsp_monai import SAMSP
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA_DIR_VAR = "SAMSP_DATA_DIR"  # where the real data lies, if not in ../shared/data beside the checkout
+REQUIRE_DATA_VAR = "SAMSP_REQUIRE_DATA"  # 1: a missing data folder fails the test instead of skipping it (CI)
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +26,16 @@ def small_samsp(**kwargs) -> SAMSP:
     return SAMSP(**(options | kwargs))
 
 
+def shared_data_root() -> Path:
+    return Path(os.environ.get(DATA_DIR_VAR) or REPO.parent / "shared" / "data")
+
+
 def shared_data(name: str) -> Path:
-    path = SHARED_DATA / name
+    """The real data folder `name`; skips the test where it is absent, or fails it under SAMSP_REQUIRE_DATA=1."""
+    path = shared_data_root() / name
     if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (it lies in ../shared/data beside the checkout)")
+        message = f"real data folder {path} is absent (set ${DATA_DIR_VAR} to the folder that holds it)"
+        if os.environ.get(REQUIRE_DATA_VAR, "") not in ("", "0"):
+            pytest.fail(f"{REQUIRE_DATA_VAR}=1 and {message}", pytrace=False)
+        pytest.skip(message)
     return path

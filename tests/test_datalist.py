@@ -7,24 +7,15 @@ import runpy
 from pathlib import Path
 
 import pytest
+from conftest import REPO, shared_data
 from monai.data import load_decathlon_datalist
 
 from samsp_monai.datalist import Case, UnmatchedFilesError, build_datalist, split_cases, write_json_atomic
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 
 def cli(*args: str) -> None:
     """Run the script's main() in-process: a subprocess would spend seconds re-importing torch/MONAI."""
     runpy.run_path(str(REPO / "scripts" / "make_datalist.py"))["main"](list(args))
-
-
-def data_dir(name: str) -> Path:
-    path = DATA / name
-    if not path.is_dir():
-        pytest.skip(f"real data folder {path} is absent (it lives outside the repo, in ../shared/data)")
-    return path
 
 
 def load_both(datalist: dict, root: Path, tmp_path: Path) -> tuple[list[dict], list[dict]]:
@@ -35,7 +26,7 @@ def load_both(datalist: dict, root: Path, tmp_path: Path) -> tuple[list[dict], l
 
 
 def test_msd_hippocampus_datalist(tmp_path: Path) -> None:
-    root = data_dir("msd-hippocampus")
+    root = shared_data("msd-hippocampus")
     train, val = load_both(build_datalist("msd", root), root, tmp_path)
     assert (len(train), len(val)) == (208, 52)
     for item in train + val:
@@ -46,7 +37,7 @@ def test_msd_hippocampus_datalist(tmp_path: Path) -> None:
 
 
 def test_seeded_split_is_reproducible_and_disjoint() -> None:
-    root = data_dir("msd-hippocampus")
+    root = shared_data("msd-hippocampus")
     first, again = build_datalist("msd", root, seed=3), build_datalist("msd", root, seed=3)
     other = build_datalist("msd", root, seed=4)
     assert first == again and first["validation"] != other["validation"]
@@ -56,7 +47,7 @@ def test_seeded_split_is_reproducible_and_disjoint() -> None:
 
 
 def test_kvasir_uses_official_split(tmp_path: Path) -> None:
-    root = data_dir("kvasir-seg")
+    root = shared_data("kvasir-seg")
     datalist = build_datalist("images", root)
     train, val = load_both(datalist, root, tmp_path)
     assert (len(train), len(val)) == (880, 120)
@@ -66,7 +57,7 @@ def test_kvasir_uses_official_split(tmp_path: Path) -> None:
 
 
 def test_unmatched_files_are_all_listed(tmp_path: Path) -> None:
-    src = data_dir("kvasir-seg")
+    src = shared_data("kvasir-seg")
     stems = sorted((src / "train.txt").read_text().split())[:4]
     for folder in ("images", "masks"):
         (tmp_path / folder).mkdir()
@@ -90,7 +81,7 @@ def test_unmatched_files_are_all_listed(tmp_path: Path) -> None:
 
 
 def test_dicom_datalist_label_glob(tmp_path: Path) -> None:
-    root = data_dir("dicom-ct-seg")
+    root = shared_data("dicom-ct-seg")
     out = tmp_path / "dicom.json"
     cli("dicom", str(root), "--label_glob", "liver.dcm", "-o", str(out))
     assert json.loads(out.read_text()) == {"training": [{"image": "ct-3slice", "label": "liver.dcm"}], "validation": []}

@@ -8,21 +8,19 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import shared_data
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from samsp_monai.datalist import build_datalist
 from samsp_monai.dicom_seg import DicomSegReader, _resample_onto, _series_geometry, _series_in, is_dicom_seg
 
-ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom-ct-seg"
 LIVER_VOXELS = 107_098  # NOTES.md: the SEG's and the NRRD's foreground count
 
 
 @pytest.fixture(scope="module")
 def root() -> Path:
-    if not ROOT.is_dir():
-        pytest.skip(f"real data folder {ROOT} is absent (it lives outside the repo, in ../shared/data)")
-    return ROOT
+    return shared_data("dicom-ct-seg")
 
 
 def load_ras(path: Path, reader) -> MetaTensor:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import small_samsp
 
 from samsp_monai import SAMSPOutput
@@ -138,3 +139,60 @@ def test_full_and_frozen_encoder_modes():
     assert not any(p.requires_grad for p in frozen.sam.image_encoder.parameters())
     with pytest.raises(ValueError, match="encoder_training"):
         small_samsp(encoder_training="half")
+
+
+SAM_PIXEL_MEAN, SAM_PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # segment_anything's RGB stats
+
+
+def test_preprocess_scales_unit_intensities_to_sam_pixel_statistics():
+    net = small_samsp()
+    x = torch.tensor([0.0, 0.25, 0.5, 1.0]).repeat_interleave(4).expand(1, 1, 64, 16)
+    out = net.preprocess(x)
+    assert out.shape == (1, 3, 64, 64)
+    column_value = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)[0, 0, 0]
+    for c, (mean, std) in enumerate(zip(SAM_PIXEL_MEAN, SAM_PIXEL_STD, strict=True)):
+        torch.testing.assert_close(out[0, c, 5], (column_value * 255.0 - mean) / std)
+
+
+def _plain_boxes(label: torch.Tensor, num_classes: int, scale: int) -> list[list[float]]:
+    """Per-class (x0, y0, x1, y1) around class c of a (h, w) label map, covering whole low-res pixels."""
+    boxes = []
+    for c in range(1, num_classes + 1):
+        ys, xs = torch.where(label == c)
+        x0, y0, x1, y1 = (int(v) for v in (xs.min(), ys.min(), xs.max(), ys.max()))
+        boxes.append([x0 * scale, y0 * scale, x1 * scale + scale - 1, y1 * scale + scale - 1])
+    return boxes
+
+
+def test_each_class_is_refined_by_its_own_box():
+    """Class c's final logits are SAM's mask token c prompted with the box around class c's first-pass mask.
+
+    The input is at mask resolution (img_size / 4), so the network's resizing of its outputs is the identity and
+    both passes are seen as the decoder gives them. The expectation comes straight from segment_anything's
+    prompt encoder and mask decoder, one box at a time.
+    """
+    num_classes, mask_size = 3, 16
+    x = torch.rand(1, 1, mask_size, mask_size)
+    for seed in range(50):  # a network whose first pass gives every class its own, different box
+        torch.manual_seed(seed)
+        net = small_samsp(num_classes=num_classes).train()
+        with torch.no_grad():
+            out = net(x)
+        label = out.first[0].argmax(0)
+        present = all((label == c).any() for c in range(1, num_classes + 1))
+        if present and len({tuple(b) for b in _plain_boxes(label, num_classes, 4)}) == num_classes:
+            break
+    else:
+        pytest.fail("no network gave three distinct first-pass boxes")
+    boxes = torch.tensor(_plain_boxes(label, num_classes, 64 // mask_size), dtype=torch.float32)
+    with torch.no_grad():
+        embedding = net.sam.image_encoder(net.preprocess(x))
+        pe = net.sam.prompt_encoder.get_dense_pe()
+        by_box = []
+        for box in boxes:
+            sparse, dense = net.sam.prompt_encoder(points=None, boxes=box[None], masks=None)
+            by_box.append(net.sam.mask_decoder(embedding, pe, sparse, dense, multimask_output=True)[0][0])
+    for c in range(num_classes):
+        torch.testing.assert_close(out.final[0, c + 1], by_box[c][c], rtol=1e-4, atol=1e-4)
+        other = by_box[(c + 1) % num_classes][c]  # token c with another class's box: clearly outside tolerance
+        assert (out.final[0, c + 1] - other).abs().max() > 1e-3
