@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-from monai.bundle import ConfigWorkflow
+from ignite.engine import Engine
+from mlflow import MlflowClient
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 CONFIGS = [str(REPO / "bundle/configs/train.json"), str(REPO / "bundle/configs/demo.json")]
 DEMO = "['bundle/configs/train.json','bundle/configs/demo.json']"
@@ -20,9 +22,14 @@ def _bundle(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def test_saved_checkpoints_load_strictly_and_reproduce_outputs(tmp_path):
+def test_saved_checkpoints_load_strictly_and_reproduce_outputs_and_every_tracking_param_is_logged(tmp_path):
     wf = ConfigWorkflow(
-        config_file=CONFIGS, workflow_type="train", bundle_root=str(tmp_path), max_epochs=1, slices_per_volume=2
+        config_file=CONFIGS,
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        max_epochs=1,
+        slices_per_volume=2,
+        tracking="mlflow",
     )
     wf.initialize()
     wf.run()
@@ -38,6 +45,14 @@ def test_saved_checkpoints_load_strictly_and_reproduce_outputs(tmp_path):
     fresh.load_state_dict(best["model"], strict=True)
     assert 0.0 <= best["val_mean_dice"] <= 1.0 and best["epoch"] == 1
     assert state["trainer"]["iteration"] == 6 and state["best_model"]["best_epoch"] == 1
+
+    client = MlflowClient(wf.parser.get_parsed_content("tracking_uri"))
+    (run,) = client.search_runs([client.get_experiment_by_name("samsp").experiment_id])
+    tracked = json.loads((REPO / "bundle/configs/train.json").read_text())["tracking_params"]
+    assert set(tracked) <= set(run.data.params)
+    for key, reference in tracked.items():  # plain references arrive as the value the run used
+        if isinstance(reference, str) and reference.startswith("@"):
+            assert run.data.params[key] == str(wf.parser.get_parsed_content(reference[1:])), key
 
 
 def test_plain_command_without_weights_stops_at_once_and_says_why(tmp_path):
@@ -93,3 +108,20 @@ def test_training_and_inference_configs_build_the_same_network_and_inputs():
     assert {k: infer[k] for k in shared if k != "sam_checkpoint"} == {
         k: train[k] for k in shared if k != "sam_checkpoint"
     }
+
+
+def test_validation_metric_scores_the_foreground_classes_only():
+    """train.json's postprocessing and key metric on one prediction: class 1 perfect, class 2 missed, background
+    nearly perfect. Foreground mean Dice is (1 + 0) / 2; counting the background would raise it to about 2/3."""
+    parser = ConfigParser()
+    parser.read_config(CONFIGS[0])
+    postprocessing = parser.get_parsed_content("validate#postprocessing")
+    metric = parser.get_parsed_content("validate#key_metric#val_mean_dice")
+    label = torch.zeros(1, 16, 16, dtype=torch.long)
+    label[:, 2:6, 2:6], label[:, 10:12, 10:12] = 1, 2
+    logits = torch.zeros(3, 16, 16)
+    logits[1] = torch.where(label[0] == 1, 10.0, -10.0)  # class 2 is predicted nowhere
+    engine = Engine(lambda engine, batch: [postprocessing({"pred": logits, "label": label})])
+    metric.attach(engine, "val_mean_dice")
+    engine.run([0], max_epochs=1)
+    assert engine.state.metrics["val_mean_dice"] == pytest.approx(0.5)

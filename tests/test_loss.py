@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,31 @@ def test_teacher_is_detached_by_default():
     teacher2 = _logits(2.0, -1.0).requires_grad_(True)
     SAMSPLoss(detach_teacher=False).distillation(_logits(0.0, 1.0), teacher2).backward()
     assert teacher2.grad.abs().sum() > 0
+
+
+def plain_foreground_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - mean over foreground classes of soft Dice over the whole batch (numpy, no MONAI)."""
+    probs = torch.softmax(logits, 1).numpy()
+    onehot = np.eye(logits.shape[1])[target[:, 0].numpy()].transpose(0, 3, 1, 2)
+    dice = [
+        2 * (probs[:, c] * onehot[:, c]).sum() / (probs[:, c].sum() + onehot[:, c].sum() + 1e-5)
+        for c in range(1, logits.shape[1])
+    ]
+    return 1.0 - float(np.mean(dice))
+
+
+def test_dice_term_is_foreground_soft_dice_over_the_batch():
+    logits = torch.randn(2, 3, 4, 5) * 3
+    target = torch.randint(0, 3, (2, 1, 4, 5))
+    loss = SAMSPLoss()
+    loss(logits, target)
+    assert loss.last_terms["dice"] == pytest.approx(plain_foreground_dice_loss(logits, target), rel=1e-4)
+
+
+def test_background_does_not_count_in_the_dice_term():
+    """A prediction that is all background on an image with a small structure: the foreground Dice is ~0, so
+    the loss is ~1; counting the (nearly perfect) background would halve it."""
+    target = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    target[..., 3:5, 3:5] = 1
+    logits = _logits(*([-20.0] * 64)).view(1, 2, 8, 8)
+    assert SAMSPLoss()(logits, target).item() == pytest.approx(1.0, abs=1e-3)
