@@ -25,11 +25,19 @@ def official_vit_b(tmp_path_factory):
     return sam, path
 
 
-def test_official_layout_loads_at_1024_and_matches_segment_anything(official_vit_b):
+def test_official_layout_loads_at_1024_with_every_weight_in_place(official_vit_b):
+    sam, path = official_vit_b
+    ours = build_sam("vit_b", 1024, num_classes=1)
+    load_sam_checkpoint(ours, path, "vit_b")
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in sam.state_dict().items() if "mask_decoder" not in k)
+
+
+@pytest.mark.slow
+def test_official_layout_at_1024_computes_what_segment_anything_computes(official_vit_b):
+    """The same image embedding as segment_anything's own vit_b; slow (a vit_b forward at 1024 px on CPU)."""
     sam, path = official_vit_b
     ours = build_sam("vit_b", 1024, num_classes=1).eval()
     load_sam_checkpoint(ours, path, "vit_b")
-    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in sam.state_dict().items() if "mask_decoder" not in k)
     x = torch.rand(1, 3, 1024, 1024)
     with torch.no_grad():
         torch.testing.assert_close(ours.image_encoder(x), sam.eval().image_encoder(x))
