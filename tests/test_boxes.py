@@ -41,3 +41,8 @@ def test_batch_and_classes_each_get_their_own_box():
     assert boxes.shape == (2, 2, 4)
     assert boxes.tolist() == [[[0, 0, 1, 1], [0, 0, 7, 7]], [[4, 4, 7, 5], [2, 1, 2, 6]]]
     assert empty.tolist() == [[False, True], [False, False]]
+
+
+def test_foreground_only_in_the_first_row_and_column_gives_a_box_there():
+    boxes, empty = masks_to_boxes(_mask(8, 8, (0, 0, 0, 0)), scale=4)
+    assert boxes.tolist() == [0, 0, 3, 3] and not empty

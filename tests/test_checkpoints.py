@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from samsp_monai.atomic import atomic_write, atomic_write_text
@@ -34,8 +36,18 @@ def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temp_file(tm
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
 
 
+def test_the_temporary_file_lies_beside_the_target_under_a_recognisable_name(tmp_path):
+    """Beside it, so the final rename stays on one file system; named .<name>.*.tmp, so leftovers are findable."""
+    path = tmp_path / "models" / "model.pt"
+    seen = []
+    atomic_write(path, lambda f: seen.extend(path.parent.iterdir()))
+    (tmp,) = seen
+    assert tmp.parent == path.parent and tmp.name.startswith(".model.pt.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists() and path.is_file()
+
+
 def test_a_completed_write_replaces_the_file_readable_by_others(tmp_path):
-    path = tmp_path / "sub" / "summary.json"
+    path = tmp_path / "new" / "sub" / "summary.json"
     atomic_write_text(path, "old")
     atomic_write_text(path, "new")
     assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]
@@ -43,14 +55,20 @@ def test_a_completed_write_replaces_the_file_readable_by_others(tmp_path):
 
 
 def validation(saver: BestModelSaver, epoch: int, value: float) -> None:
-    """What the evaluator does after validating epoch `epoch`: its key metric is in its state."""
+    """A real ignite run standing for the evaluator's validation of epoch `epoch`, with the saver attached."""
     engine = Engine(lambda engine, batch: None)
-    engine.state.epoch, engine.state.metrics = epoch, {"val_mean_dice": value}
-    engine.state.key_metric_name = "val_mean_dice"
-    saver(engine)
+    saver.attach(engine)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def score(engine: Engine) -> None:  # as SupervisedEvaluator leaves its state before COMPLETED
+        engine.state.epoch, engine.state.metrics = epoch, {"val_mean_dice": value}
+        engine.state.key_metric_name = "val_mean_dice"
+
+    engine.run([0], max_epochs=1)
 
 
-def test_best_model_is_saved_only_when_the_metric_improves(tmp_path):
+def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="samsp_monai.checkpoints")
     network = torch.nn.Linear(2, 1)
     saver = BestModelSaver(tmp_path / "model.pt", network)
     saved = []
@@ -63,6 +81,10 @@ def test_best_model_is_saved_only_when_the_metric_improves(tmp_path):
     assert saved == [(1, 0.3, 1.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (5, 0.7, 5.0), (5, 0.7, 5.0)]
     assert saver.state_dict() == {"best_metric": 0.7, "best_epoch": 5}
     assert saver.report() == "best validation val_mean_dice: 0.7000 at epoch 5"
+    model = tmp_path / "model.pt"
+    assert capsys.readouterr().out == f"best validation val_mean_dice: 0.7000 at epoch 5 (model: {model})\n"
+    saves = [r.getMessage() for r in caplog.records if r.name == "samsp_monai.checkpoints"]
+    assert len(saves) == 3 and saves[-1] == f"saved best model (val_mean_dice=0.7000, epoch 5) to {model}"
 
 
 def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_path):
@@ -90,6 +112,15 @@ def test_training_state_holds_every_object_after_each_epoch(tmp_path):
     assert len(epochs) == 2 and not torch.equal(epochs[0]["network"]["weight"], epochs[1]["network"]["weight"])
     torch.testing.assert_close(epochs[1]["network"]["weight"], network.weight.detach())
     assert epochs[1]["optimizer"]["state"][0]["momentum_buffer"].shape == (1, 2)
+
+
+def test_rank_0_of_a_process_group_writes(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        validation(BestModelSaver(tmp_path / "model.pt", torch.nn.Linear(1, 1)), 1, 0.5)
+    finally:
+        dist.destroy_process_group()
+    assert (tmp_path / "model.pt").is_file()
 
 
 WRITER_SCRIPT = """

@@ -94,3 +94,36 @@ def test_background_does_not_count_in_the_dice_term():
     target[..., 3:5, 3:5] = 1
     logits = _logits(*([-20.0] * 64)).view(1, 2, 8, 8)
     assert SAMSPLoss()(logits, target).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def plain_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:
+    """T^2 * mean over pixels of KL(softmax(teacher / T) || softmax(student / T)) (numpy)."""
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p, q = softmax(teacher.numpy() / t), softmax(student.numpy() / t)
+    return float((p * (np.log(p) - np.log(q))).sum(1).mean()) * t * t
+
+
+def test_default_loss_is_foreground_dice_plus_kl_with_weight_one():
+    final, first = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 1, 4, 4))
+    loss = SAMSPLoss()
+    assert loss.last_terms == {}
+    expected = plain_foreground_dice_loss(final, target) + plain_kl(first, final, 1.0)
+    assert loss(SAMSPOutput(final, first), target).item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("kl", ["forward", "reverse"])
+def test_temperature_softens_both_distributions_and_scales_by_its_square(kl):
+    student, teacher = torch.randn(1, 3, 4, 4) * 3, torch.randn(1, 3, 4, 4) * 3
+    args = (student, teacher) if kl == "forward" else (teacher, student)
+    expected = plain_kl(*args, 2.0)
+    assert SAMSPLoss(kl=kl, temperature=2.0).distillation(student, teacher).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_unknown_kl_direction_is_refused_by_name():
+    with pytest.raises(ValueError, match="kl must be 'forward' or 'reverse', got 'both'"):
+        SAMSPLoss(kl="both")

@@ -170,3 +170,39 @@ def test_handler_writes_reports_and_state_metrics(tmp_path):
     assert engine.state.metrics["eval_dice"] == pytest.approx((1 + 6 / 8) / 2)
     assert engine.state.metrics["eval_hd95_mm"] == pytest.approx(0.8)
     assert set(engine.state.metrics) == {"eval_dice", "eval_iou", "eval_hd95_mm"}
+
+
+def test_hd95_ignores_a_lone_outlier_that_the_maximum_distance_would_report():
+    label = box((40, 40), (2, 2), (22, 22))
+    pred = label.copy()
+    pred[38, 38] = 1  # one voxel of ~114 surface voxels, about 22 voxels away: beyond the 95th percentile
+    (row,) = case_metrics(pred, label, (1.0, 1.0), [1])
+    assert row["hd95_mm"] == 0.0
+
+
+@pytest.mark.parametrize("affine", [np.zeros((3, 4)), np.eye(1), np.zeros((2, 2, 2))])
+def test_spacing_from_a_non_square_affine_is_refused(affine):
+    with pytest.raises(ValueError, match="square"):
+        spacing_from_affine(affine)
+
+
+def test_spacing_of_a_1d_affine():
+    assert spacing_from_affine(np.array([[0.5, 3.0], [0.0, 1.0]])) == (0.5,)
+
+
+@pytest.mark.parametrize(
+    "pred_shape, spacing, message",
+    [((4, 5), (1.0, 1.0), "shapes differ"), ((4, 4), (1.0,), "one spacing per axis"), ((4,), (1.0,), "2D/3D")],
+)
+def test_case_metrics_refuses_mismatched_inputs(pred_shape, spacing, message):
+    label = np.zeros((4, 4) if message == "shapes differ" else pred_shape, dtype=np.int64)
+    with pytest.raises(ValueError, match=message):
+        case_metrics(np.zeros(pred_shape, dtype=np.int64), label, spacing, [1])
+
+
+def test_summary_names_classes_and_states_its_conventions():
+    rows = case_metrics(box((8, 8), (1, 1), (4, 4)), box((8, 8), (1, 1), (4, 4)), (1.0, 1.0), [1, 2])
+    s = summarise([{**rows[0], "class_name": "anterior"}, rows[1]])
+    assert s["classes"]["1"]["class_name"] == "anterior" and s["classes"]["2"]["class_name"] == "2"
+    assert s["classes"]["2"]["dice"] == {"mean": None, "median": None, "std": None}  # both_empty only
+    assert set(s["conventions"]) == {"hd95", "one_side_empty", "both_empty"}

@@ -196,3 +196,44 @@ def test_each_class_is_refined_by_its_own_box():
         torch.testing.assert_close(out.final[0, c + 1], by_box[c][c], rtol=1e-4, atol=1e-4)
         other = by_box[(c + 1) % num_classes][c]  # token c with another class's box: clearly outside tolerance
         assert (out.final[0, c + 1] - other).abs().max() > 1e-3
+
+
+def test_training_refines_once_whatever_the_inference_iterations():
+    """Training always uses one self-prompt: its output equals one-iteration inference, not three-iteration."""
+    x = torch.rand(2, 1, 64, 64)
+    for seed in range(50):  # a network whose second refinement moves its boxes, so iteration counts show
+        torch.manual_seed(seed)
+        net = small_samsp(num_classes=2, iterations=3).eval()
+        with torch.no_grad():
+            thrice = net(x)
+            net.iterations = 1
+            once = net(x)
+        if not torch.allclose(once, thrice, atol=1e-4):
+            break
+    else:
+        pytest.fail("no network changed its output with more iterations")
+    net.iterations = 3
+    with torch.no_grad():
+        trained = net.train()(x).final
+    torch.testing.assert_close(trained, once)
+
+
+def test_outputs_at_input_size_are_the_bilinear_upsampling_of_mask_resolution_logits():
+    """An image given at mask resolution (16 px) and the same image upsampled to the model size (64 px) give
+    one embedding, so the 64 px output must be the bilinear upsampling of the 16 px one."""
+    net = small_samsp(num_classes=2).eval()
+    small = torch.rand(1, 1, 16, 16)
+    large = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        at_16, at_64 = net(small), net(large)
+    expected = F.interpolate(at_16[:, 1:], size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(at_64[:, 1:], expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(at_64[:, 0] == 0)
+
+
+@pytest.mark.parametrize(
+    "args, message", [({"in_channels": 2}, "in_channels must be 1"), ({"empty_box": "x"}, "empty_box")]
+)
+def test_bad_construction_arguments_are_named(args, message):
+    with pytest.raises(ValueError, match=message):
+        small_samsp(**args)
