@@ -36,6 +36,15 @@ def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temp_file(tm
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
 
 
+def test_a_checkpoint_whose_pickling_fails_midway_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "training_state.pt"
+    atomic_save({"epoch": 1}, path)
+    with pytest.raises(Exception, match="lambda"):  # the tensor is written before the lambda fails to pickle
+        atomic_save({"network": {"w": torch.ones(10_000)}, "hook": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pt"]
+
+
 def test_the_temporary_file_lies_beside_the_target_under_a_recognisable_name(tmp_path):
     """Beside it, so the final rename stays on one file system; named .<name>.*.tmp, so leftovers are findable."""
     path = tmp_path / "models" / "model.pt"
