@@ -22,8 +22,8 @@ from monai.bundle import ConfigWorkflow
 DEMO = "['bundle/configs/train.json','bundle/configs/demo.json']"
 DEMO_CONFIGS = [str(REPO / "bundle/configs/train.json"), str(REPO / "bundle/configs/demo.json")]
 DEMO_NETWORK = {"sam_variant": "vit_demo", "image_size": 128, "encoder_training": "full", "sw_batch_size": 20}
-EPOCHS = 12  # validation Dice about 0.65 (it reaches 0.9 by 25): enough to tell a right answer from a moved one
-MIN_DICE = 0.5
+EPOCHS = 12  # held-out Dice about 0.57 (the demo reaches 0.9 by 25): enough to tell a right answer from a moved one
+MIN_DICE = 0.45
 
 
 def plain_dice(pred: np.ndarray, label: np.ndarray, c: int) -> float:
@@ -80,7 +80,7 @@ def test_inference_segments_the_held_out_volumes_in_place(trained_demo, tmp_path
         variants = {
             "as written": pred,
             "left-right flipped": pred[::-1],
-            "shifted by 8 voxels": np.roll(pred, 8, axis=1),
+            "shifted by 8 voxels": np.roll(pred, 8, axis=0),
             "classes swapped": np.choose(pred, [0, 2, 1]),
         }
         for variant, p in variants.items():
