@@ -232,7 +232,12 @@ def test_outputs_at_input_size_are_the_bilinear_upsampling_of_mask_resolution_lo
 
 
 @pytest.mark.parametrize(
-    "args, message", [({"in_channels": 2}, "in_channels must be 1"), ({"empty_box": "x"}, "empty_box")]
+    "args, message",
+    [
+        ({"in_channels": 2}, "^in_channels must be 1"),
+        ({"empty_box": "x"}, "^empty_box must be"),
+        ({"empty_box_train": "x"}, "^empty_box_train must be"),
+    ],
 )
 def test_bad_construction_arguments_are_named(args, message):
     with pytest.raises(ValueError, match=message):
