@@ -48,11 +48,9 @@ def test_saved_checkpoints_load_strictly_and_reproduce_outputs_and_every_trackin
 
     client = MlflowClient(wf.parser.get_parsed_content("tracking_uri"))
     (run,) = client.search_runs([client.get_experiment_by_name("samsp").experiment_id])
-    tracked = json.loads((REPO / "bundle/configs/train.json").read_text())["tracking_params"]
-    assert set(tracked) <= set(run.data.params)
-    for key, reference in tracked.items():  # plain references arrive as the value the run used
-        if isinstance(reference, str) and reference.startswith("@"):
-            assert run.data.params[key] == str(wf.parser.get_parsed_content(reference[1:])), key
+    tracked = wf.parser.get_parsed_content("tracking_params")  # what the config says to track, as the run saw it
+    assert {"sam_variant", "learning_rate", "optimizer", "train_cases"} <= set(tracked)  # the config is not empty
+    assert {key: run.data.params.get(key) for key in tracked} == {key: str(value) for key, value in tracked.items()}
 
 
 def test_plain_command_without_weights_stops_at_once_and_says_why(tmp_path):

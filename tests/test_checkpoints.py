@@ -88,9 +88,9 @@ def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, cap
         best = torch.load(tmp_path / "model.pt", weights_only=True)
         saved.append((best["epoch"], best["val_mean_dice"], float(best["model"]["weight"][0, 0])))
     assert saved == [(1, 0.3, 1.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (5, 0.7, 5.0), (5, 0.7, 5.0)]
-    assert saver.state_dict() == {"best_metric": 0.7, "best_epoch": 5}
-    assert saver.report() == "best validation val_mean_dice: 0.7000 at epoch 5"
+    assert saver.state_dict().items() >= {"best_metric": 0.7, "best_epoch": 5}.items()
     model = tmp_path / "model.pt"
+    assert saver.report() == f"best validation val_mean_dice: 0.7000 at epoch 5 (model: {model})"
     assert capsys.readouterr().out == f"best validation val_mean_dice: 0.7000 at epoch 5 (model: {model})\n"
     saves = [r.getMessage() for r in caplog.records if r.name == "samsp_monai.checkpoints"]
     assert len(saves) == 3 and saves[-1] == f"saved best model (val_mean_dice=0.7000, epoch 5) to {model}"
@@ -106,7 +106,7 @@ def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_p
     assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
     validation(resumed, 3, 0.65)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 3
-    assert resumed.state_dict() == {"best_metric": 0.65, "best_epoch": 3}
+    assert resumed.state_dict().items() >= {"best_metric": 0.65, "best_epoch": 3}.items()
 
 
 def test_training_state_holds_every_object_after_each_epoch(tmp_path):
