@@ -5,7 +5,7 @@ and this file as `main.py`. Everything the stock app does (bundle inference, tra
 `--conf epistemic_model`) stays; this adds, per bundle model `<name>`:
 
 - scoring method `<name>_consistency`: for every unlabelled volume, the mean disagreement of the served
-  model's pass-1 and final-pass class probabilities (samsp_monai.consistency), stored in the datastore as
+  model's pass-1 and final-pass class probabilities (samsp_monai.serving.consistency), stored in the datastore as
   `samsp_consistency` (recomputed only after the model changed);
 - strategy `least_consistent`: the unlabelled volume with the highest score (the one the model is least sure
   of) is served next; unscored volumes come last;
@@ -32,7 +32,7 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from samsp_monai.consistency import self_consistency
+from samsp_monai.serving.consistency import self_consistency
 
 logger = logging.getLogger(__name__)
 

@@ -1,23 +1,17 @@
-"""SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself."""
+"""SAM-SP for MONAI: prompt-free segmentation by a SAM that prompts itself.
 
-from . import (
-    case_isolation,
-    checkpoints,
-    datalist,
-    input_checks,
-    output_guard,
-    precision,
-    serving,
-    settings,
-    transforms,
-)
-from .boxes import masks_to_boxes
-from .demo_data import ensure_demo_dataset
+Modules are grouped by layer, and imports only run downward: the base modules (errors, atomic, paths), then
+model, data, evaluation, training, serving.
+"""
+
+from . import data, evaluation, model, serving, training
+from .data.demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
-from .loss import SAMSPLoss
-from .network import SAMSP, SAMSPOutput
+from .model.boxes import masks_to_boxes
+from .model.loss import SAMSPLoss
+from .model.network import SAMSP, SAMSPOutput
+from .model.sam_factory import SAM_VARIANTS, CheckpointError, build_sam, load_sam_checkpoint, require_checkpoint
 from .paths import default_bundle_root
-from .sam_factory import SAM_VARIANTS, CheckpointError, build_sam, load_sam_checkpoint, require_checkpoint
 
 __all__ = [
     "SAMSP",
@@ -27,20 +21,16 @@ __all__ = [
     "SAM_VARIANTS",
     "CheckpointError",
     "build_sam",
-    "case_isolation",
-    "checkpoints",
-    "datalist",
+    "data",
     "default_bundle_root",
     "ensure_demo_dataset",
-    "input_checks",
+    "evaluation",
     "load_sam_checkpoint",
-    "precision",
     "masks_to_boxes",
-    "output_guard",
+    "model",
     "require_checkpoint",
     "serving",
-    "settings",
-    "transforms",
+    "training",
 ]
 
 install_short_errors()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from samsp_monai import SAMSP
-from samsp_monai.lora import count_parameters
+from samsp_monai.model.lora import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
 from samsp_monai import SAMSP, SAMSPLoss
-from samsp_monai.precision import DropScalerForBF16, amp_dtype, amp_enabled, amp_kwargs
+from samsp_monai.training.precision import DropScalerForBF16, amp_dtype, amp_enabled, amp_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 OOM = float("nan")  # a setting that ran out of device memory is reported as nan

@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 sys.path.insert(0, str(REPO))
 
-from samsp_monai.benchmark_report import write_reports  # noqa: E402
-from samsp_monai.datalist import build_datalist, write_json_atomic  # noqa: E402
+from samsp_monai.data.datalist import build_datalist, write_json_atomic  # noqa: E402
 from samsp_monai.errors import SAMSPError  # noqa: E402
+from samsp_monai.evaluation.benchmark_report import write_reports  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from samsp_monai import SAMSP, ensure_demo_dataset
-from samsp_monai.transforms import modality_scaling
+from samsp_monai.data.transforms import modality_scaling
 
 REPO = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = REPO.parent / "shared" / "data" / "msd-hippocampus" / "imagesTr"

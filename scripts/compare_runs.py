@@ -1,5 +1,5 @@
 """Compare the MLflow runs of an experiment: print a table of the params that differ and the best/final metrics,
-and save it as CSV with a plot of the key metric per epoch (logic: samsp_monai.run_comparison).
+and save it as CSV with a plot of the key metric per epoch (logic: samsp_monai.evaluation.run_comparison).
 
 Usage:
     python scripts/compare_runs.py                                   # bundle/eval/mlruns.db, experiment samsp
@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from monai.utils import path_to_sqlite_uri
 
+from samsp_monai.evaluation.run_comparison import comparison_table, find_runs, plot_metric_history, to_markdown
 from samsp_monai.paths import default_bundle_root
-from samsp_monai.run_comparison import comparison_table, find_runs, plot_metric_history, to_markdown
 
 DEFAULT_STORE = Path(default_bundle_root()) / "eval" / "mlruns.db"
 

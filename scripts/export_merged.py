@@ -1,6 +1,6 @@
 """Fold a trained SAM-SP's LoRA into its base weights and write one file that loads without peft
-(logic: samsp_monai.export). The network is described by the bundle config plus `--key value` overrides, as for
-`python -m monai.bundle run`; load the result with `samsp_monai.export.load_merged(path)`. With `--program`, the
+(logic: samsp_monai.serving.export). The network is described by the bundle config plus `--key value` overrides, as for
+`python -m monai.bundle run`; load the result with `samsp_monai.serving.export.load_merged(path)`. With `--program`, the
 merged network is also exported with `torch.export` (dynamic batch) for deployment without samsp_monai.
 
 Usage:
@@ -21,8 +21,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from samsp_monai.errors import SAMSPError
-from samsp_monai.export import export_merged, export_program, load_merged, save_program
 from samsp_monai.paths import default_bundle_root
+from samsp_monai.serving.export import export_merged, export_program, load_merged, save_program
 
 BUNDLE = Path(default_bundle_root())
 

@@ -1,4 +1,4 @@
-"""Write a MONAI datalist JSON for an MSD, DICOM or 2D image/mask folder (logic: samsp_monai.datalist).
+"""Write a MONAI datalist JSON for an MSD, DICOM or 2D image/mask folder (logic: samsp_monai.data.datalist).
 
 Usage:
     python scripts/make_datalist.py msd ../shared/data/msd-hippocampus -o datalist.json
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from samsp_monai.datalist import build_datalist, write_json_atomic
+from samsp_monai.data.datalist import build_datalist, write_json_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ import torch
 from conftest import small_samsp
 from segment_anything.modeling import MaskDecoder
 
-from samsp_monai.batched_decoder import BatchedMaskDecoder
+from samsp_monai.model.batched_decoder import BatchedMaskDecoder
 
 # Low-resolution (16 x 16) class rectangles per image as (y0, y1, x0, x1), inclusive; None: class absent.
 RECTS = [

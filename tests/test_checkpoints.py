@@ -13,7 +13,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from samsp_monai.atomic import atomic_write, atomic_write_text
-from samsp_monai.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
+from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
 
 
 class WriteFailed(Exception):
@@ -77,7 +77,7 @@ def validation(saver: BestModelSaver, epoch: int, value: float) -> None:
 
 
 def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, capsys):
-    caplog.set_level(logging.INFO, logger="samsp_monai.checkpoints")
+    caplog.set_level(logging.INFO, logger="samsp_monai.training.checkpoints")
     network = torch.nn.Linear(2, 1)
     saver = BestModelSaver(tmp_path / "model.pt", network)
     saved = []
@@ -92,7 +92,7 @@ def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, cap
     model = tmp_path / "model.pt"
     assert saver.report() == f"best validation val_mean_dice: 0.7000 at epoch 5 (model: {model})"
     assert capsys.readouterr().out == f"best validation val_mean_dice: 0.7000 at epoch 5 (model: {model})\n"
-    saves = [r.getMessage() for r in caplog.records if r.name == "samsp_monai.checkpoints"]
+    saves = [r.getMessage() for r in caplog.records if r.name == "samsp_monai.training.checkpoints"]
     assert len(saves) == 3 and saves[-1] == f"saved best model (val_mean_dice=0.7000, epoch 5) to {model}"
 
 
@@ -135,7 +135,7 @@ def test_rank_0_of_a_process_group_writes(tmp_path):
 WRITER_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from ignite.engine import Engine
-from samsp_monai.checkpoints import BestModelSaver, TrainingStateSaver
+from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver
 rank, folder = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
 network = torch.nn.Linear(1, 1)

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, shared_data
 from monai.data import load_decathlon_datalist
 
-from samsp_monai.datalist import Case, UnmatchedFilesError, build_datalist, split_cases, write_json_atomic
+from samsp_monai.data.datalist import Case, UnmatchedFilesError, build_datalist, split_cases, write_json_atomic
 
 
 def cli(*args: str) -> None:

@@ -12,8 +12,8 @@ from conftest import shared_data
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from samsp_monai.datalist import build_datalist
-from samsp_monai.dicom_seg import DicomSegReader, _resample_onto, _series_geometry, _series_in, is_dicom_seg
+from samsp_monai.data.datalist import build_datalist
+from samsp_monai.data.dicom_seg import DicomSegReader, _resample_onto, _series_geometry, _series_in, is_dicom_seg
 
 LIVER_VOXELS = 107_098  # NOTES.md: the SEG's and the NRRD's foreground count
 

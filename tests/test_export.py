@@ -10,7 +10,8 @@ from conftest import REPO, shared_data, small_samsp
 from torch import nn
 
 from samsp_monai import SAMSPError, build_sam
-from samsp_monai.export import (
+from samsp_monai.model.lora import merged_state_dict
+from samsp_monai.serving.export import (
     export_merged,
     export_program,
     load_merged,
@@ -18,7 +19,6 @@ from samsp_monai.export import (
     merged_export,
     save_program,
 )
-from samsp_monai.lora import merged_state_dict
 
 ARGS = {"variant": "vit_test", "img_size": 64, "num_classes": 2, "in_channels": 1}
 

@@ -7,8 +7,8 @@ from conftest import small_samsp
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samsp_monai import build_sam
-from samsp_monai.geometry import content_shape, from_model_frame, to_model_frame
-from samsp_monai.transforms import ToModelFramed
+from samsp_monai.data.transforms import ToModelFramed
+from samsp_monai.model.geometry import content_shape, from_model_frame, to_model_frame
 
 
 def test_sam_frame_is_segment_anythings_resize_placed_top_left_and_padded():

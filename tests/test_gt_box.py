@@ -9,8 +9,8 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from samsp_monai import SAMSPError
-from samsp_monai.boxes import jitter_boxes
-from samsp_monai.curriculum import GtBoxSchedule
+from samsp_monai.model.boxes import jitter_boxes
+from samsp_monai.training.curriculum import GtBoxSchedule
 
 
 def _prompt_boxes(net) -> list[torch.Tensor]:

@@ -30,9 +30,9 @@ from bad_files import (
 from conftest import REPO, shared_data
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from samsp_monai.case_isolation import FailedCasesError
 from samsp_monai.errors import find_user_error
-from samsp_monai.output_guard import MANIFEST
+from samsp_monai.serving.case_isolation import FailedCasesError
+from samsp_monai.serving.output_guard import MANIFEST
 
 CONFIGS = REPO / "bundle/configs"
 INFERENCE = [str(CONFIGS / "inference.json")]

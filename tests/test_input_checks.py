@@ -34,9 +34,9 @@ from conftest import REPO, shared_data
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from samsp_monai.datalist import EmptyDatalistError, build_datalist
+from samsp_monai.data.datalist import EmptyDatalistError, build_datalist
+from samsp_monai.data.input_checks import InputDataError, check_training_data, describe_failure
 from samsp_monai.errors import find_user_error
-from samsp_monai.input_checks import InputDataError, check_training_data, describe_failure
 
 CONFIGS = REPO / "bundle/configs"
 

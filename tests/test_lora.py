@@ -7,7 +7,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from samsp_monai import SAMSPError, build_sam
-from samsp_monai.lora import QVLoRA, adapt_encoder, resolve_targets
+from samsp_monai.model.lora import QVLoRA, adapt_encoder, resolve_targets
 
 
 def _encoder():

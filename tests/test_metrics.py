@@ -12,9 +12,9 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from samsp_monai.handlers import CaseMetricsWriter
-from samsp_monai.metrics import case_metrics, hd95_penalty_mm, spacing_from_affine, summarise
-from samsp_monai.reports import OVERLAY_PX, save_overlay_png, write_case_csv, write_summary_json
+from samsp_monai.evaluation.handlers import CaseMetricsWriter
+from samsp_monai.evaluation.metrics import case_metrics, hd95_penalty_mm, spacing_from_affine, summarise
+from samsp_monai.evaluation.reports import OVERLAY_PX, save_overlay_png, write_case_csv, write_summary_json
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ from monai.bundle import ConfigParser
 from monai.handlers import LrScheduleHandler
 
 from samsp_monai import ensure_demo_dataset
-from samsp_monai.lr_schedules import warmup_poly
+from samsp_monai.training.lr_schedules import warmup_poly
 
 
 def test_warmup_then_polynomial_decay_as_samed():

@@ -5,7 +5,7 @@ import torch
 from conftest import REPO, shared_data
 from monai.bundle import ConfigParser
 
-from samsp_monai.datalist import build_datalist
+from samsp_monai.data.datalist import build_datalist
 
 TRAIN = str(REPO / "bundle/configs/train.json")
 IMAGE2D = str(REPO / "bundle/configs/image2d.json")
@@ -58,7 +58,7 @@ def test_kvasir_images_give_rgb_inputs_and_binary_masks():
 
 @pytest.mark.parametrize("modality, value, expected", [("CT", 40.0, 0.5), ("RGB", 51.0, 0.2)])
 def test_modality_scaling(modality, value, expected):
-    from samsp_monai.transforms import modality_scaling
+    from samsp_monai.data.transforms import modality_scaling
 
     out = modality_scaling("image", modality)({"image": torch.full((1, 2, 2), value)})
     assert torch.allclose(out["image"], torch.tensor(expected))

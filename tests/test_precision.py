@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
 from samsp_monai import SAMSPError, SAMSPLoss
-from samsp_monai.precision import DropScalerForBF16, amp_enabled, amp_kwargs
+from samsp_monai.training.precision import DropScalerForBF16, amp_enabled, amp_kwargs
 
 
 def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:

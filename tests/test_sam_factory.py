@@ -9,7 +9,7 @@ from conftest import small_samsp
 from segment_anything import sam_model_registry
 
 from samsp_monai import SAMSP, CheckpointError, build_sam, load_sam_checkpoint
-from samsp_monai.batched_decoder import BatchedMaskDecoder
+from samsp_monai.model.batched_decoder import BatchedMaskDecoder
 
 
 @pytest.fixture(scope="module")

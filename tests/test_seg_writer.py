@@ -11,8 +11,8 @@ from conftest import REPO, shared_data
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import LoadImage
 
-from samsp_monai.dicom_seg import DicomSegReader
-from samsp_monai.seg_writer import write_dicom_seg
+from samsp_monai.data.dicom_seg import DicomSegReader
+from samsp_monai.data.seg_writer import write_dicom_seg
 
 CONFIGS = REPO / "bundle/configs"
 

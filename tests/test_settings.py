@@ -12,7 +12,7 @@ from conftest import REPO
 from monai.bundle import ConfigWorkflow
 
 from samsp_monai.errors import SAMSPError, find_user_error
-from samsp_monai.settings import check_command_line, command_line_overrides, unknown_keys
+from samsp_monai.training.settings import check_command_line, command_line_overrides, unknown_keys
 
 CONFIGS = REPO / "bundle/configs"
 DEMO = [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")]
@@ -112,7 +112,7 @@ def test_command_line_refusal_is_one_short_message_and_writes_nothing(tmp_path, 
 
 
 def test_samsp_error_is_what_the_checks_raise():
-    from samsp_monai.settings import check_values
+    from samsp_monai.training.settings import check_values
 
     with pytest.raises(SAMSPError, match="'batch_size': must be >= 1, got 0"):
         check_values({"batch_size": 0, "unchecked_key": object()})

@@ -18,9 +18,21 @@ from monai.handlers import MLFlowHandler
 from monai.utils import path_to_sqlite_uri
 
 from samsp_monai import SAMSPLoss, SAMSPOutput
-from samsp_monai.checkpoints import BestModelSaver
-from samsp_monai.run_comparison import comparison_table, differing_params, find_runs, plot_metric_history, to_markdown
-from samsp_monai.tracking import MLflowRunDetails, code_revision, file_digest, find_mlflow_handler, unique_run_name
+from samsp_monai.evaluation.run_comparison import (
+    comparison_table,
+    differing_params,
+    find_runs,
+    plot_metric_history,
+    to_markdown,
+)
+from samsp_monai.training.checkpoints import BestModelSaver
+from samsp_monai.training.tracking import (
+    MLflowRunDetails,
+    code_revision,
+    file_digest,
+    find_mlflow_handler,
+    unique_run_name,
+)
 
 CONFIGS = [str(REPO / "bundle" / "configs" / name) for name in ("train.json", "demo.json")]
 
@@ -161,7 +173,7 @@ def test_bundle_tracking_config(tmp_path: Path) -> None:
     workflow = ConfigWorkflow(config_file=CONFIGS, tracking="mlflow", bundle_root=str(tmp_path), logging_file=False)
     parser = workflow.parser
     assert [h["_target_"] for h in parser["train#handlers"][-2:]] == [
-        "samsp_monai.tracking.MLflowRunDetails",
+        "samsp_monai.training.tracking.MLflowRunDetails",
         "MLFlowHandler",
     ]
     assert parser["validate#handlers"][-1]["_target_"] == "MLFlowHandler"

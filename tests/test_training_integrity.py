@@ -20,8 +20,8 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from samsp_monai import ensure_demo_dataset
-from samsp_monai.checkpoints import BestModelSaver
 from samsp_monai.errors import find_user_error
+from samsp_monai.training.checkpoints import BestModelSaver
 
 CONFIGS = [str(REPO / "bundle/configs/train.json"), str(REPO / "bundle/configs/demo.json")]
 TINY = {"max_epochs": 1, "slices_per_volume": 2, "learning_rate": 1e-3}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from samsp_monai import ensure_demo_dataset
-from samsp_monai.transforms import RandSliced
+from samsp_monai.data.transforms import RandSliced
 
 
 def _volume_with_fg_slices(fg_slices: list[int], depth: int = 10) -> dict:

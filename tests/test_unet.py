@@ -4,8 +4,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from samsp_monai.prompt_stats import EmptyPromptShare
-from samsp_monai.unet import ResizingUNet
+from samsp_monai.model.unet import ResizingUNet
+from samsp_monai.training.prompt_stats import EmptyPromptShare
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 37, 53)])

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write
-from .checkpoints import atomic_save
-from .errors import SAMSPError
-from .lora import has_lora, merged_state_dict
-from .network import SAMSP
+from ..atomic import atomic_write
+from ..errors import SAMSPError
+from ..model.lora import has_lora, merged_state_dict
+from ..model.network import SAMSP
+from ..training.checkpoints import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_merged_state(net: SAMSP, sam_state: Mapping[str, Tensor], source: str =
     if has_lora(net):
         raise SAMSPError(
             f"{source}: the LoRA update is already folded into these weights; load them into a network built "
-            "with encoder_training 'frozen' or 'full' (samsp_monai.export.load_merged does), not a LoRA one"
+            "with encoder_training 'frozen' or 'full' (samsp_monai.serving.export.load_merged does), not a LoRA one"
         )
     net.sam.load_state_dict(sam_state)
     return net
@@ -80,7 +80,7 @@ def export_program(net: SAMSP, example: Tensor) -> torch.export.ExportedProgram:
     resize depends on the input size, so the program is specialised to `example`'s height and width.
     """
     if has_lora(net):
-        raise SAMSPError("export the merged network (samsp_monai.export.load_merged), not the LoRA-adapted one")
+        raise SAMSPError("export the merged network (samsp_monai.serving.export.load_merged), not the LoRA-adapted one")
     net = net.eval()
     dims = {0: torch.export.Dim("batch", min=1, max=4096)}
     if net.geometry == "stretch":

@@ -16,7 +16,7 @@ from monai.data import ITKReader
 from monai.utils import ensure_tuple
 from pydicom.uid import UID
 
-from .errors import SAMSPError
+from ..errors import SAMSPError
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage: not an image slice
 SPACING_TOLERANCE = 0.01  # relative: slice gaps may exceed the narrowest by 1% (rounding in exported positions)

@@ -18,7 +18,7 @@ from monai.handlers import from_engine
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
-from .errors import SAMSPError
+from ..errors import SAMSPError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 

@@ -17,7 +17,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
-from .errors import SAMSPError
+from ..errors import SAMSPError
 
 logger = logging.getLogger(__name__)
 

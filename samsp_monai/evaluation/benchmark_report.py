@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 PASS_EVALS = (("pass1", "pass 1 (no prompt)"), ("k1", "K = 1"), ("k2", "K = 2"), ("k3", "K = 3"))
 

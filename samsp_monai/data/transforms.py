@@ -16,7 +16,7 @@ from monai.transforms import (
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import convert_to_tensor
 
-from .geometry import Geometry, content_shape, to_model_frame
+from ..model.geometry import Geometry, content_shape, to_model_frame
 
 
 class RandSliced(Randomizable, MapTransform, MultiSampleTrait):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from .network import SAMSP
+from ..model.network import SAMSP
 
 
 @contextmanager

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from .atomic import remove_stale_temp_files
+from ..atomic import remove_stale_temp_files
+from ..errors import SAMSPError
 from .checkpoints import is_writer
-from .errors import SAMSPError
 
 logger = logging.getLogger(__name__)
 

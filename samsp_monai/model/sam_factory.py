@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder, Sam, TwoWayTransformer
 
+from ..errors import SAMSPError
 from .batched_decoder import BatchedMaskDecoder
-from .errors import SAMSPError
 from .image_encoder import CheckpointingImageEncoderViT
 
 logger = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from .atomic import atomic_write_text
-from .checkpoints import BestModelSaver
-from .errors import SAMSPError
+from ..atomic import atomic_write_text
+from ..errors import SAMSPError
+from ..training.checkpoints import BestModelSaver
 
 DATASET_DIR = "$@bundle_root + '/data'"
 
@@ -112,7 +112,7 @@ def train_config(files: Sequence[str | Path], overrides: Mapping[str, Any], args
     return config
 
 
-TRAIN_STATS_STEP = "$samsp_monai.serving.write_train_stats(@ckpt_dir, @train#trainer, @validate#best_model)"
+TRAIN_STATS_STEP = "$samsp_monai.serving.serving.write_train_stats(@ckpt_dir, @train#trainer, @validate#best_model)"
 
 
 def write_train_stats(ckpt_dir: str | Path, trainer: Any, best_model: BestModelSaver) -> dict[str, Any]:

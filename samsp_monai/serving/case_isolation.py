@@ -18,8 +18,8 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from monai.utils import optional_import
 
-from .errors import SAMSPError
-from .input_checks import case_name, describe_failure
+from ..data.input_checks import case_name, describe_failure
+from ..errors import SAMSPError
 
 Events, _ = optional_import("ignite.engine", name="Events")
 logger = logging.getLogger(__name__)

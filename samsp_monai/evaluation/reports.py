@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from monai.utils import convert_to_numpy
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .metrics import Array
 
 GT_COLOUR = "lime"

@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
-from .errors import SAMSPError, find_user_error
+from ..errors import SAMSPError, find_user_error
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from monai.engines import Workflow
 from monai.utils import min_version, optional_import
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .errors import SAMSPError
-from .tracking import file_digest
+from ..atomic import atomic_write_text
+from ..errors import SAMSPError
+from ..training.tracking import file_digest
 
 MANIFEST = "samsp_outputs.json"
 SEGMENTATION_GLOB = "*_seg.*"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
-from .errors import SAMSPError
+from ..errors import SAMSPError
 
 
 def amp_enabled(amp: object, device: torch.device | str) -> bool:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SAMSPError
-from .sam_factory import PATCH_SIZE, SAM_VARIANTS
+from ..errors import SAMSPError
+from ..model.sam_factory import PATCH_SIZE, SAM_VARIANTS
 
 Check = Callable[[str, Any], None]
 

@@ -31,9 +31,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
+from ..errors import SAMSPError
 from .dicom_series import is_dicom_file
-from .errors import SAMSPError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -21,8 +21,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
+from ..errors import SAMSPError
 from .dicom_seg import _series_in
-from .errors import SAMSPError
 
 ANATOMICAL_STRUCTURE = {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Anatomical Structure"}
 TISSUE = {"CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Tissue"}

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
-from .errors import SAMSPError
 from .geometry import GEOMETRIES, Geometry, from_model_frame, to_model_frame
 from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint

@@ -24,8 +24,8 @@ from mlflow.entities import Metric, Param, RunTag
 from monai.handlers import MLFlowHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..errors import SAMSPError
 from .checkpoints import BestModelSaver
-from .errors import SAMSPError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ else:
 
 logger = logging.getLogger(__name__)
 
-CODE_DIR = Path(__file__).resolve().parent
+CODE_DIR = Path(__file__).resolve().parents[1]
 PROBE_TIMEOUT_S = 3.0
 
 

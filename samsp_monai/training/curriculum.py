@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from .errors import SAMSPError
+from ..errors import SAMSPError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

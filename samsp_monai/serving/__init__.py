@@ -1,0 +1,17 @@
+"""Serving layer: bundle configs for serving, export and inference-time guards (imports the layers below)."""
+
+from . import (
+    case_isolation,
+    consistency,
+    export,
+    output_guard,
+    serving,
+)
+
+__all__ = [
+    "case_isolation",
+    "consistency",
+    "export",
+    "output_guard",
+    "serving",
+]
