@@ -10,7 +10,7 @@ It writes
   `main.py` (self-consistency scoring and the `least_consistent` strategy, see monailabel_app/main.py);
 - `<app>/model/<name>/`: a self-contained serving bundle, configs merged from the bundle's own plus the
   override files the model was trained with (`--configs`), `network_def` from the model's `network_args`,
-  and the trained `models/model.pt` (see samsp_monai/serving/serving.py);
+  and the trained `models/model.pt` (see samsp_monai/serving/serving_bundle.py);
 and prints the `start_server` command.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from samsp_monai.errors import SAMSPError
-from samsp_monai.serving.serving import (
+from samsp_monai.serving.serving_bundle import (
     check_loads,
     inference_config,
     load_trained,

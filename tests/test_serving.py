@@ -17,7 +17,7 @@ from monai.transforms import LoadImaged
 
 from samsp_monai import SAMSP, SAMSPError
 from samsp_monai.serving.consistency import both_passes, probability_disagreement, self_consistency
-from samsp_monai.serving.serving import check_loads, inference_config, serving_metadata, train_config
+from samsp_monai.serving.serving_bundle import check_loads, inference_config, serving_metadata, train_config
 from samsp_monai.training.checkpoints import BestModelSaver
 
 CONFIGS = REPO / "bundle/configs"

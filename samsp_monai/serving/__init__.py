@@ -5,7 +5,7 @@ from . import (
     consistency,
     export,
     output_guard,
-    serving,
+    serving_bundle,
 )
 
 __all__ = [
@@ -13,5 +13,5 @@ __all__ = [
     "consistency",
     "export",
     "output_guard",
-    "serving",
+    "serving_bundle",
 ]

@@ -112,7 +112,9 @@ def train_config(files: Sequence[str | Path], overrides: Mapping[str, Any], args
     return config
 
 
-TRAIN_STATS_STEP = "$samsp_monai.serving.serving.write_train_stats(@ckpt_dir, @train#trainer, @validate#best_model)"
+TRAIN_STATS_STEP = (
+    "$samsp_monai.serving.serving_bundle.write_train_stats(@ckpt_dir, @train#trainer, @validate#best_model)"
+)
 
 
 def write_train_stats(ckpt_dir: str | Path, trainer: Any, best_model: BestModelSaver) -> dict[str, Any]:
