@@ -4,6 +4,7 @@ from . import (
     case_isolation,
     consistency,
     export,
+    model_match,
     output_guard,
     serving_bundle,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "case_isolation",
     "consistency",
     "export",
+    "model_match",
     "output_guard",
     "serving_bundle",
 ]
