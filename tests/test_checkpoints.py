@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import small_samsp
 from ignite.engine import Engine, Events
 
-from samsp_monai.atomic import atomic_write, atomic_write_text
+from samsp_monai.atomic import atomic_write, atomic_write_text, remove_stale_temp_files
 from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
 
 
@@ -63,6 +64,27 @@ def test_a_completed_write_replaces_the_file_readable_by_others(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+def messages(caplog: pytest.LogCaptureFixture, logged_by: object) -> list[str]:
+    """The log messages of the module that defines `logged_by` (other libraries' loggers may log too)."""
+    return [r.getMessage() for r in caplog.records if r.name == logged_by.__module__]
+
+
+def test_only_temporary_files_of_an_interrupted_write_are_removed(tmp_path, caplog):
+    """`.<name>.<8 characters>.tmp` files go, with a warning naming each; look-alikes and the rest stay."""
+    caplog.set_level(logging.WARNING, logger=remove_stale_temp_files.__module__)
+    stale = [tmp_path / ".model.pt.a1B2c3_4.tmp", tmp_path / ".training_state.pt.zzzzzzzz.tmp"]
+    kept = [tmp_path / "model.pt", tmp_path / ".notes.tmp", tmp_path / ".model.pt.short.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    (tmp_path / ".folder.abcdefgh.tmp").mkdir()
+    assert remove_stale_temp_files(tmp_path) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + [".folder.abcdefgh.tmp"])
+    assert messages(caplog, remove_stale_temp_files) == [
+        f"removed {path}, left by an interrupted checkpoint write" for path in sorted(stale)
+    ]
+    assert remove_stale_temp_files(tmp_path / "absent") == []
+
+
 def validation(saver: BestModelSaver, epoch: int, value: float) -> None:
     """A real ignite run standing for the evaluator's validation of epoch `epoch`, with the saver attached."""
     engine = Engine(lambda engine, batch: None)
@@ -107,6 +129,115 @@ def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_p
     validation(resumed, 3, 0.65)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 3
     assert resumed.state_dict().items() >= {"best_metric": 0.65, "best_epoch": 3}.items()
+
+
+def training(saver: BestModelSaver, val_cases: int, max_epochs: int = 2) -> None:
+    """A real ignite run standing for the trainer, with the saver attached to it (no evaluator runs)."""
+    trainer = Engine(lambda engine, batch: None)
+    saver.attach_trainer(trainer, val_cases)
+    trainer.run([0], max_epochs=max_epochs)
+
+
+def test_a_datalist_without_validation_cases_is_announced_up_front_and_only_then(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger=BestModelSaver.__module__)
+    path = tmp_path / "model.pt"
+    training(BestModelSaver(path, torch.nn.Linear(2, 1)), val_cases=3)
+    assert messages(caplog, BestModelSaver) == []
+    training(BestModelSaver(path, torch.nn.Linear(2, 1)), val_cases=0)
+    [warning] = messages(caplog, BestModelSaver)
+    assert warning.startswith("the datalist has no validation cases: no best model can be chosen")
+    assert f"will be saved to {path} (add a 'validation' list" in warning
+
+
+def test_a_validation_that_was_never_finite_writes_no_model_and_says_so(tmp_path, caplog, capsys):
+    """Validation ran (metric NaN each time): the end of training must not fall back to the unvalidated save."""
+    caplog.set_level(logging.WARNING, logger=BestModelSaver.__module__)
+    path = tmp_path / "model.pt"
+    saver = BestModelSaver(path, torch.nn.Linear(2, 1))
+    validation(saver, 1, float("nan"))
+    training(saver, val_cases=2)
+    assert not path.exists()
+    assert saver.report() == f"no model written to {path}: validation val_mean_dice was never finite"
+    assert capsys.readouterr().out.endswith("was never finite\n")
+    assert messages(caplog, BestModelSaver) == [
+        "validation val_mean_dice=nan at epoch 1, or non-finite weights: model not saved"
+    ]
+
+
+def test_a_network_with_non_finite_weights_is_not_saved_even_without_validation(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        network.bias.fill_(float("inf"))
+    saver = BestModelSaver(tmp_path / "model.pt", network)
+    training(saver, val_cases=0)
+    assert not (tmp_path / "model.pt").exists()
+    assert saver.report() == f"no model written to {tmp_path / 'model.pt'}: validation metric was never finite"
+
+
+def test_a_resumed_run_without_validation_keeps_the_best_model_it_restored(tmp_path):
+    """The restored tracker's best is the served model's own score (epoch 0): no unvalidated save replaces it."""
+    path = tmp_path / "model.pt"
+    atomic_save({"model": {}, "epoch": 0}, path)
+    before = path.read_bytes()
+    saver = BestModelSaver(path, torch.nn.Linear(2, 1))
+    saver.load_state_dict({"best_metric": 0.7, "best_epoch": 0, "metric_name": "val_mean_dice"})
+    training(saver, val_cases=0)
+    assert path.read_bytes() == before
+    assert saver.report() == f"best validation val_mean_dice: 0.7000 at epoch 0 (model: {path})"
+
+
+class Evaluator(Engine):
+    """Runs over its own data like MONAI's evaluators: `run()` without arguments (as `score_baseline` calls it)."""
+
+    def run(self) -> None:
+        super().run([0], max_epochs=1)
+
+
+def test_a_baseline_that_no_epoch_beats_is_reported_as_epoch_0_and_nothing_is_written(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=BestModelSaver.__module__)
+    path = tmp_path / "model.pt"
+    network = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(path, network)
+    evaluator = Evaluator(lambda engine, batch: None)
+    saver.attach(evaluator)
+    scores = iter([0.6, 0.5])
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def score(engine: Engine) -> None:
+        engine.state.metrics, engine.state.key_metric_name = {"val_mean_dice": next(scores)}, "val_mean_dice"
+
+    trainer = Engine(lambda engine, batch: None)
+    saver.attach_baseline(trainer, evaluator)
+    saver.attach_trainer(trainer, val_cases=1)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(engine: Engine) -> None:
+        evaluator.run()
+
+    trainer.run([0], max_epochs=1)
+    assert not path.exists()
+    assert saver.report() == f"best validation val_mean_dice: 0.6000 at epoch 0 (model: {path})"
+    assert messages(caplog, BestModelSaver) == [
+        f"model before training: val_mean_dice=0.6000; only a better one replaces {path}"
+    ]
+
+
+def test_a_resumed_tracker_reports_the_metric_name_it_restored(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    first = BestModelSaver(tmp_path / "model.pt", network)
+    validation(first, 3, 0.5)
+    resumed = BestModelSaver(tmp_path / "model.pt", network)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.report() == f"best validation val_mean_dice: 0.5000 at epoch 3 (model: {tmp_path / 'model.pt'})"
+
+
+def test_a_wrapped_network_saves_the_arguments_that_rebuild_it(tmp_path):
+    """DistributedDataParallel/DataParallel hold the network as `.module`; its `network_args` still go in."""
+    network = small_samsp(num_classes=2)
+    saver = BestModelSaver(tmp_path / "model.pt", torch.nn.DataParallel(network))
+    validation(saver, 1, 0.5)
+    args = torch.load(tmp_path / "model.pt", weights_only=True)["network_args"]
+    assert args["num_classes"] == 2 and args["variant"] == "vit_test" and args["img_size"] == 64
 
 
 def test_training_state_holds_every_object_after_each_epoch(tmp_path):

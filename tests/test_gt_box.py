@@ -76,6 +76,59 @@ def test_jitter_std_is_a_tenth_of_the_side_capped_and_boxes_stay_valid():
     assert torch.equal(jitter_boxes(boxes, 0.0, 8.0, 512), boxes)
 
 
+def test_jitter_moves_each_axis_by_its_own_side_and_reaches_the_image_border():
+    """A box 10 wide and 20 high, far from the border: x moves with std 0.1 * 10, y with 0.1 * 20, each corner
+    around its own value; at fraction 1 the std is the cap. A whole-image box pushed out lands on 0 and size - 1."""
+    torch.manual_seed(2)
+    boxes = torch.tensor([[500.0, 100, 509, 119]]).expand(20000, 4)
+    moved = jitter_boxes(boxes, 0.1, max_std=100.0, size=1024) - boxes
+    torch.testing.assert_close(moved.mean(0), torch.zeros(4), rtol=0, atol=0.1)
+    torch.testing.assert_close(moved.std(0), torch.tensor([1.0, 2.0, 1.0, 2.0]), rtol=0.03, atol=0)
+    capped = jitter_boxes(boxes, 1.0, max_std=3.0, size=1024) - boxes
+    torch.testing.assert_close(capped.std(0), torch.full((4,), 3.0), rtol=0.03, atol=0)
+    whole = jitter_boxes(torch.tensor([[0.0, 0, 63, 63]]).expand(2000, 4), 0.5, 50.0, 64)
+    assert whole.min() == 0 and whole.max() == 63
+
+
+def test_ground_truth_boxes_replace_a_present_class_with_the_set_probability():
+    """gt_box_prob 0.5: about half the (image, class) rows of a present class take the ground-truth box; an
+    absent class never does; with jitter, the box moves by SAM's 20 px at 1024, i.e. 1.25 px at 64."""
+    torch.manual_seed(3)
+    net = small_samsp(num_classes=2, gt_box_prob=0.5, gt_box_jitter=0.0).train()
+    target = torch.zeros(2000, 1, 64, 64, dtype=torch.long)
+    target[:, 0, 10:30, 5:45] = 1
+    own = torch.tensor([1.0, 2, 3, 4]).expand(2000, 2, 4)
+    boxes, empty = net.mix_in_gt_boxes(own, torch.zeros(2000, 2, dtype=torch.bool), target)
+    gt = (boxes[:, 0] == torch.tensor([5.0, 10, 44, 29])).all(-1)
+    assert torch.equal(gt | (boxes[:, 0] == own[:, 0]).all(-1), torch.ones(2000, dtype=torch.bool))
+    assert 0.45 < gt.float().mean() < 0.55
+    assert torch.equal(boxes[:, 1], own[:, 1]) and not empty.any()
+    net.gt_box_prob, net.gt_box_jitter = 1.0, 0.1  # 0.1 * 20 px std along y, capped at 1.25 px
+    jittered = net.mix_in_gt_boxes(own, torch.zeros(2000, 2, dtype=torch.bool), target)[0][:, 0]
+    torch.testing.assert_close(jittered.std(0)[[1, 3]], torch.full((2,), 1.25), rtol=0.06, atol=0)
+
+
+def test_a_class_refined_from_its_ground_truth_box_is_no_longer_empty():
+    """With empty_box_train=keep_previous, a class whose first pass was empty but which takes its ground-truth box
+    is refined from that box, and a class that keeps its own (non-empty) box is refined from it: both equal
+    segment_anything's mask token c prompted with that box."""
+    torch.manual_seed(0)
+    net = small_samsp(num_classes=2, gt_box_prob=1.0, gt_box_jitter=0.0, empty_box_train="keep_previous").train()
+    previous = torch.full((1, 2, 16, 16), -5.0)
+    previous[0, 0, 2:6, 3:9] = 5.0  # class 1 at mask rows 2..5, columns 3..8: box (12, 8, 35, 23) at 64 px
+    target = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    target[0, 0, 40:50, 30:60] = 2  # class 2 only: box (30, 40, 59, 49)
+    with torch.no_grad():
+        embedding = net.sam.image_encoder(net.preprocess(torch.rand(1, 1, 64, 64)))
+        refined = net.decode(embedding, previous, target)
+        pe = net.sam.prompt_encoder.get_dense_pe()
+        for c, box in enumerate([[12.0, 8, 35, 23], [30.0, 40, 59, 49]]):
+            sparse, dense = net.sam.prompt_encoder(points=None, boxes=torch.tensor([box]), masks=None)
+            expected = net.sam.mask_decoder(embedding, pe, sparse, dense, multimask_output=True)[0][0, c]
+            torch.testing.assert_close(refined[0, c], expected, rtol=1e-4, atol=1e-4)
+            assert (refined[0, c] - previous[0, c]).abs().max() > 1e-2
+
+
 def test_schedule_anneals_the_probability_per_epoch_on_a_real_engine():
     net = small_samsp()
     seen = []
