@@ -1,9 +1,12 @@
+import inspect
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import small_samsp
 
-from samsp_monai import SAMSPOutput
+from samsp_monai import SAMSP, SAMSPError, SAMSPOutput
 
 
 def _count_encoder_calls(net) -> list[int]:
@@ -237,8 +240,43 @@ def test_outputs_at_input_size_are_the_bilinear_upsampling_of_mask_resolution_lo
         ({"in_channels": 2}, "^in_channels must be 1"),
         ({"empty_box": "x"}, "^empty_box must be"),
         ({"empty_box_train": "x"}, "^empty_box_train must be"),
+        ({"train_output": "both"}, "^train_output must be 'pair' or 'final', got 'both'$"),
+        ({"dropout": 1.0}, r"^dropout must be in \[0, 1\), got 1.0$"),
+        ({"dropout": 1.5}, r"^dropout must be in \[0, 1\), got 1.5$"),
     ],
 )
 def test_bad_construction_arguments_are_named(args, message):
     with pytest.raises(ValueError, match=message):
         small_samsp(**args)
+
+
+@pytest.mark.parametrize("prob, jitter", [(1.5, 0.1), (-0.1, 0.1), (0.5, -0.1)])
+def test_bad_ground_truth_box_settings_are_named(prob, jitter):
+    with pytest.raises(SAMSPError, match=rf"^need 0 <= gt_box_prob <= 1 and gt_box_jitter >= 0, got {prob}, {jitter}$"):
+        small_samsp(gt_box_prob=prob, gt_box_jitter=jitter)
+
+
+def test_network_args_survive_json_and_leave_out_the_base_checkpoint():
+    """model.pt's network_args are compared with JSON configs: sequences are lists, and the SAM checkpoint path
+    (whose weights the trained model already holds) is not among them."""
+    args = small_samsp(lora_targets=("qkv",)).network_args
+    assert json.loads(json.dumps(args)) == args
+    assert args["lora_targets"] == ["qkv"] and "checkpoint" not in args
+
+
+def test_the_lora_layout_reaches_the_encoder():
+    """SAMed's separate q and v adapters have other trainable parameters than peft's fused qkv adapter."""
+
+    def trainable(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in net.sam.image_encoder.named_parameters() if p.requires_grad}
+
+    assert trainable(small_samsp(lora_layout="q_v")) != trainable(small_samsp(lora_layout="qkv"))
+
+
+def test_defaults_are_the_papers_model():
+    """SAMSP() without arguments: SAM ViT-B at 1024 on RGB, LoRA rank 4, one self-prompt, one class, no encoder
+    checkpointing, and SAM's box jitter of 10 % of the side when ground-truth boxes are switched on."""
+    defaults = {k: p.default for k, p in inspect.signature(SAMSP).parameters.items()}
+    expected = {"variant": "vit_b", "img_size": 1024, "in_channels": 3, "num_classes": 1, "lora_rank": 4}
+    expected |= {"iterations": 1, "encoder_checkpointing": False, "gt_box_prob": 0.0, "gt_box_jitter": 0.1}
+    assert {k: defaults[k] for k in expected} == expected
