@@ -118,12 +118,17 @@ def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, cap
     assert len(saves) == 3 and saves[-1] == f"saved best model (val_mean_dice=0.7000, epoch 5) to {model}"
 
 
-def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_path):
-    network = torch.nn.Linear(2, 1)
+def restored_tracker(tmp_path, network: torch.nn.Module, epoch: int, metric: float) -> BestModelSaver:
+    """A tracker restored from one that validated `metric` at `epoch`, as a resumed run holds it."""
     first = BestModelSaver(tmp_path / "model.pt", network)
-    validation(first, 1, 0.6)
+    validation(first, epoch, metric)
     resumed = BestModelSaver(tmp_path / "model.pt", network)
     resumed.load_state_dict(first.state_dict())
+    return resumed
+
+
+def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_path):
+    resumed = restored_tracker(tmp_path, torch.nn.Linear(2, 1), 1, 0.6)
     validation(resumed, 2, 0.5)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
     validation(resumed, 3, 0.65)
@@ -223,11 +228,7 @@ def test_a_baseline_that_no_epoch_beats_is_reported_as_epoch_0_and_nothing_is_wr
 
 
 def test_a_resumed_tracker_reports_the_metric_name_it_restored(tmp_path):
-    network = torch.nn.Linear(2, 1)
-    first = BestModelSaver(tmp_path / "model.pt", network)
-    validation(first, 3, 0.5)
-    resumed = BestModelSaver(tmp_path / "model.pt", network)
-    resumed.load_state_dict(first.state_dict())
+    resumed = restored_tracker(tmp_path, torch.nn.Linear(2, 1), 3, 0.5)
     assert resumed.report() == f"best validation val_mean_dice: 0.5000 at epoch 3 (model: {tmp_path / 'model.pt'})"
 
 
