@@ -175,7 +175,7 @@ class SAMSP(nn.Module):
         """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
         probability `gt_box_prob`, where the class is present. `target` has the input's size and is framed
         like it (`geometry`), so the boxes are in the encoder's pixel coordinates."""
-        masks = (target == torch.arange(1, self.num_classes + 1, device=target.device)[:, None, None]).float()
+        masks = self.class_masks(target).float()
         gt, gt_empty = masks_to_boxes(to_model_frame(masks, self.img_size, self.geometry, mode="nearest") > 0.5)
         gt = jitter_boxes(gt, self.gt_box_jitter, SAM_JITTER_MAX_PX * self.img_size, self.img_size)
         use = (torch.rand(gt_empty.shape, device=gt.device) < self.gt_box_prob) & ~gt_empty
@@ -183,8 +183,11 @@ class SAMSP(nn.Module):
 
     def labels(self, logits: Tensor) -> Tensor:
         """Per-class bool masks (B, N, h, w) of the argmax label map of foreground logits."""
-        label = with_background(logits).argmax(1, keepdim=True)
-        return label == torch.arange(1, self.num_classes + 1, device=logits.device)[:, None, None]
+        return self.class_masks(with_background(logits).argmax(1, keepdim=True))
+
+    def class_masks(self, label_map: Tensor) -> Tensor:
+        """Per-class bool masks (B, N, h, w) of a (B, 1, h, w) map of class indices (0 is background)."""
+        return label_map == torch.arange(1, self.num_classes + 1, device=label_map.device)[:, None, None]
 
     def class_logits(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         """Foreground logits at mask resolution -> float32 (B, N + 1, *size) with a zero background logit.
