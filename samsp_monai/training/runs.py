@@ -173,7 +173,8 @@ class TrainingRun:
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            return torch.load(self.state_path, map_location="cpu", weights_only=True)
+            # mmap: only the run record is read here; the resume loader reads the tensors
+            return torch.load(self.state_path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # truncated or foreign files raise several different errors
             raise SAMSPError(f"{self.state_path}: cannot be read as a training state ({err}); {FRESH_HINT}") from err
 
