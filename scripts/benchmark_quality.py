@@ -5,13 +5,15 @@ for training, inference.json + evaluate.json for scoring), with the same data sp
 and augmentation; an arm differs only by its overrides (ARMS). Each arm and seed gets its own bundle_root
 under OUT/<benchmark>/runs/, named by the hash of its settings, so a rerun skips the finished ones and
 resumes an interrupted one from its training_state.pt. The arms run one after the other in a child process
-whose log goes to OUT/<benchmark>/log.txt; this process prints one line per epoch with an ETA.
+whose log goes to OUT/<benchmark>/log-<pid>.txt; this process prints one line per epoch with an ETA. Two
+commands with different arms or seeds may run into the same OUT at once (each with OMP_NUM_THREADS=1 on a
+2-core machine); a last command naming all of them then reports them together.
 
     python scripts/benchmark_quality.py kvasir --seeds 0 1 2 --out benchmarks/out
     python scripts/benchmark_quality.py hippocampus --seeds 0 1 2 --out benchmarks/out
 
 Writes OUT/<benchmark>/results.json, results.csv, results.md (the tables), learning_curves.png and
-figures/ (overlays of the best and worst validation case per arm, first seed).
+figures/ (overlays of the best and worst validation case per arm, lowest seed).
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ BENCHMARKS = {
         "images",
         ("train.json", "image2d.json", "scratch.json"),
         ("inference.json", "evaluate.json", "image2d.json", "scratch.json"),
-        256,
-        12,
+        128,
+        25,
         ("samsp", "single_pass", "samsp_no_distill", "unet", "samsp_gt0.5", "samsp_gt_anneal"),
     ),
     "hippocampus": Benchmark(
@@ -110,14 +112,18 @@ def evals_of(arm: str) -> dict[str, dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--epochs", type=int, help="training epochs of every arm (default: kvasir 12, hippocampus 30)")
+    parser.add_argument("--epochs", type=int, help="training epochs of every arm (default: kvasir 25, hippocampus 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
-    parser.add_argument("--image-size", type=int, help="model input size (default: kvasir 256, hippocampus 128)")
+    parser.add_argument("--image-size", type=int, help="model input size (default: 128)")
     parser.add_argument("--variant", default="vit_demo", help="SAM variant, random init (default vit_demo)")
     parser.add_argument("--arms", nargs="+", help="arms to run (default: all of the benchmark's)")
     parser.add_argument("--max-cases", type=int, help="first N training and N validation cases only (smoke runs)")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the finished runs among these arms and seeds, run none"
+    )
+    parser.add_argument("--publish", type=Path, help="also copy the report, not the runs, to DIR/<benchmark>/")
     parser.add_argument("--run-jobs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -175,8 +181,9 @@ def watch(proc: subprocess.Popen, jobs: Sequence[Mapping[str, Any]], log: Path) 
 
 
 def run_jobs_process(jobs: Sequence[Mapping[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Run the arms in one child process (imports paid once; its log: OUT/<benchmark>/log.txt) and follow it."""
-    jobs_file, log = out / "pending_jobs.json", out / "log.txt"
+    """Run the arms in one child process (imports paid once; its log: OUT/<benchmark>/log-<pid>.txt) and follow
+    it. The files are named by this process, so that a second command running into the same OUT keeps its own."""
+    jobs_file, log = out / f"pending_jobs-{os.getpid()}.json", out / f"log-{os.getpid()}.txt"
     write_json_atomic(list(jobs), jobs_file)
     cmd = [sys.executable, str(Path(__file__).resolve()), jobs[0]["benchmark"], "--run-jobs", str(jobs_file)]
     with open(log, "a") as log_file:
@@ -187,6 +194,7 @@ def run_jobs_process(jobs: Sequence[Mapping[str, Any]], out: Path) -> list[dict[
             proc.terminate()
             raise
         proc.wait()
+    jobs_file.unlink()
     return results
 
 
@@ -226,21 +234,40 @@ def run_benchmark(args: argparse.Namespace) -> Path:
                     "datalist_file": str(datalist),
                     "train_configs": [str(CONFIGS / c) for c in bench.train_configs],
                     "eval_configs": [str(CONFIGS / c) for c in bench.eval_configs],
-                    "overlays_dir": str(out / "figures") if seed == args.seeds[0] else None,
                 }
             )
     done = [j for j in jobs if (Path(j["bundle_root"]) / "result.json").is_file()]
     for job in done:
         print(f"{args.benchmark} {job['arm']} seed {job['seed']}: already complete ({job['bundle_root']}), skipped")
     pending = [j for j in jobs if j not in done]
-    if pending:
+    if args.report_only:
+        for job in pending:
+            print(f"{args.benchmark} {job['arm']} seed {job['seed']}: not run, left out of the report (--report-only)")
+        if not done:
+            raise SAMSPError(f"no finished run of these arms and seeds in {out / 'runs'}; nothing to report")
+        jobs = done
+    elif pending:
         run_jobs_process(pending, out)
     results = [json.loads((Path(j["bundle_root"]) / "result.json").read_text()) for j in jobs]
     summary = {"benchmark": args.benchmark, "data": str(data_root), "datalist": str(datalist), "runs": results}
     write_json_atomic(summary, out / "results.json")
-    write_reports(summary, out)
+    figures = write_reports(summary, out)
+    if args.publish:
+        out = publish(out, figures, args.publish / args.benchmark)
     print(f"{len(results)} runs of {args.benchmark}: results.json/.csv/.md, learning_curves.png, figures/ in {out}")
     return out / "results.json"
+
+
+def publish(out: Path, figures: Sequence[Path], target: Path) -> Path:
+    """Copy the report and the figures it shows, without the runs (models, predictions), e.g. into the
+    committed benchmarks/ folder; results.md links its figures relatively, so it reads the same there."""
+    shutil.rmtree(target / "figures", ignore_errors=True)
+    (target / "figures").mkdir(parents=True)
+    for name in ("results.json", "results.csv", "results.md", "learning_curves.png"):
+        shutil.copyfile(out / name, target / name)
+    for figure in figures:
+        shutil.copyfile(figure, target / "figures" / figure.name)
+    return target
 
 
 # ---- child process: the arms, one after the other ---------------------------------------------------------
@@ -331,21 +358,18 @@ def case_of(entry: Mapping[str, str]) -> str:
 
 
 def best_and_worst_overlays(job: Mapping[str, Any], scores: Mapping[str, float], primary: Mapping[str, Any]) -> list:
-    """Score the best and the worst validation case again with overlays, and copy the PNGs to overlays_dir."""
+    """Score the best and the worst validation case again with overlays (the report names and shows them)."""
     best, worst = max(scores, key=scores.get), min(scores, key=scores.get)
     datalist = json.loads(Path(job["datalist_file"]).read_text())
     picked = [e for e in datalist["validation"] if case_of(e) in (best, worst)]
     root = Path(job["bundle_root"])
     write_json_atomic({"validation": picked}, root / "best_worst.json")
     evaluate(job | {"datalist_file": str(root / "best_worst.json")}, primary, root / "eval" / "best_worst", 2)
-    figures = Path(job["overlays_dir"])
-    figures.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind, case in (("best", best), ("worst", worst)):
-        target = figures / f"{job['arm']}_{kind}_{case}.png"
-        shutil.copyfile(root / "eval" / "best_worst" / "overlays" / f"{case}.png", target)
-        written.append({"arm": job["arm"], "kind": kind, "case": case, "dice": scores[case], "png": str(target)})
-    return written
+    overlays = root / "eval" / "best_worst" / "overlays"
+    return [
+        {"arm": job["arm"], "kind": kind, "case": case, "dice": scores[case], "png": str(overlays / f"{case}.png")}
+        for kind, case in (("best", best), ("worst", worst))
+    ]
 
 
 def run_job(job: Mapping[str, Any]) -> None:
@@ -368,9 +392,8 @@ def run_job(job: Mapping[str, Any]) -> None:
         print(f"{tag}: {summary['overall']}", flush=True)
     primary_tag = next(iter(job["evals"]))
     result["primary_eval"] = primary_tag
-    if job["overlays_dir"]:
-        scores = case_scores(root / "eval" / primary_tag / "metrics_per_case.csv")
-        result["overlays"] = best_and_worst_overlays(job, scores, job["evals"][primary_tag]) if scores else []
+    scores = case_scores(root / "eval" / primary_tag / "metrics_per_case.csv")
+    result["overlays"] = best_and_worst_overlays(job, scores, job["evals"][primary_tag]) if scores else []
     write_json_atomic(result, root / "result.json")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, shared_data
@@ -19,9 +21,9 @@ DEFAULT_ARMS = {
 DATA = {"kvasir": "kvasir-seg", "hippocampus": "msd-hippocampus"}
 
 
-def _driver(benchmark: str, out, data_root) -> subprocess.CompletedProcess:
+def _driver(benchmark: str, out, data_root, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(SCRIPT), benchmark, "--epochs", "1", "--max-cases", "3", "--variant", "vit_test"]
-    cmd += ["--image-size", "64", "--data-root", str(data_root), "--out", str(out)]
+    cmd += ["--image-size", "64", "--data-root", str(data_root), "--out", str(out), *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -42,7 +44,8 @@ def test_smoke_run_scores_every_arm_writes_tables_and_figures_and_skips_finished
             assert 0.0 <= ev["overall"]["dice"] <= 1.0
         assert [h["epoch"] for h in run["history"]] == [1] and run["params"] > 0 and run["train_s_per_epoch"] > 0
         assert {o["kind"] for o in run["overlays"]} <= {"best", "worst"} and run["overlays"]
-        assert all((out / "figures" / f"{run['arm']}_{o['kind']}_{o['case']}.png").is_file() for o in run["overlays"])
+        figures = [out / "figures" / f"{run['arm']}_seed0_{o['kind']}_{o['case']}.png" for o in run["overlays"]]
+        assert all(f.is_file() for f in figures)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == sum(len(r["evals"]) for r in runs)
@@ -50,6 +53,16 @@ def test_smoke_run_scores_every_arm_writes_tables_and_figures_and_skips_finished
     tables = (out / "results.md").read_text()
     assert all(f"| {arm} |" in tables for arm in DEFAULT_ARMS[benchmark])
 
-    again = _driver(benchmark, tmp_path, data_root)
+    published = tmp_path / "published"
+    again = _driver(benchmark, tmp_path, data_root, "--seeds", "0", "1", "--report-only", "--publish", str(published))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already complete") == len(DEFAULT_ARMS[benchmark])
+    assert again.stdout.count("not run, left out of the report") == len(DEFAULT_ARMS[benchmark])
+    assert not list((out / "runs").glob("*-seed1-*"))
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"]] == [0] * len(runs)
+    published = published / benchmark
+    links = re.findall(r"\]\(([^)]+\.png)\)", (published / "results.md").read_text())
+    assert len(links) == 1 + 2 * len(DEFAULT_ARMS[benchmark])
+    assert all((published / link).is_file() for link in links)
+    assert sorted(p.name for p in (published / "figures").iterdir()) == sorted(Path(x).name for x in links[1:])
+    assert not (published / "runs").exists()

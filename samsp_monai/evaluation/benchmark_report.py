@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,34 @@ def markdown_tables(runs: Sequence[Mapping[str, Any]]) -> str:
     return text + "\n"
 
 
+def gap_verdict(arm: Sequence[float], baseline: Sequence[float]) -> tuple[float, float, str]:
+    """Mean gap (arm - baseline) and the noise it must beat: two of the larger of the two seed spreads
+    (population std), the rule benchmarks/README.md states; the verdict says which side of it the gap lies."""
+    a, b = np.asarray(arm, dtype=float), np.asarray(baseline, dtype=float)
+    gap, noise = float(a.mean() - b.mean()), 2.0 * float(max(a.std(), b.std()))
+    verdict = "within noise" if abs(gap) <= noise else ("better" if gap > 0 else "worse")
+    return gap, noise, verdict
+
+
+def comparison_table(runs: Sequence[Mapping[str, Any]], baseline: str = "single_pass") -> str:
+    """Each arm against the baseline on the seeds both ran (at least 3, as a deciding comparison needs):
+    the Dice gap in points, the noise it must beat, and the verdict. Empty when no arm qualifies."""
+    grouped = by_arm(runs)
+    base = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in grouped.get(baseline, [])}
+    lines = []
+    for arm, arm_runs in grouped.items():
+        dice = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in arm_runs}
+        seeds = sorted(set(dice) & set(base))
+        if arm == baseline or len(seeds) < 3:
+            continue
+        gap, noise, verdict = gap_verdict([dice[s] for s in seeds], [base[s] for s in seeds])
+        lines.append(f"| {arm} | {','.join(map(str, seeds))} | {100 * gap:+.2f} | {100 * noise:.2f} | {verdict} |")
+    if not lines:
+        return ""
+    head = f"Against `{baseline}` on the same seeds (Dice points; noise = 2 x the larger seed std of the two):\n\n"
+    return head + "| arm | seeds | Dice gap | noise | verdict |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+
+
 def plot_learning_curves(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str) -> None:
     """Validation Dice per epoch: one colour per arm, one line per seed."""
     fig = Figure(figsize=(7, 4.5), dpi=100)
@@ -93,8 +122,23 @@ def plot_learning_curves(runs: Sequence[Mapping[str, Any]], path: str | os.PathL
     fig.savefig(path)
 
 
-def write_reports(summary: Mapping[str, Any], out: Path) -> None:
-    """results.csv, results.md (tables, curve and overlays) and learning_curves.png beside results.json."""
+def draw_figures(runs: Sequence[Mapping[str, Any]], figures: Path) -> list[tuple[Mapping[str, Any], Path]]:
+    """Copy the best and worst case overlays of each arm's lowest seed into `figures/`, named by arm, seed,
+    kind and case (every run draws them; one set per arm is the report's)."""
+    figures.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for arm_runs in by_arm(runs).values():
+        run = min(arm_runs, key=lambda r: r["seed"])
+        for o in run.get("overlays", []):
+            target = figures / f"{run['arm']}_seed{run['seed']}_{o['kind']}_{o['case']}.png"
+            shutil.copyfile(o["png"], target)
+            shown.append((o, target))
+    return shown
+
+
+def write_reports(summary: Mapping[str, Any], out: Path) -> list[Path]:
+    """results.csv, results.md (tables, curve and overlays) and learning_curves.png beside results.json;
+    returns the figures results.md shows."""
     runs = summary["runs"]
     rows = csv_rows(runs)
     buf = io.StringIO()
@@ -103,9 +147,12 @@ def write_reports(summary: Mapping[str, Any], out: Path) -> None:
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
     plot_learning_curves(runs, out / "learning_curves.png", f"{summary['benchmark']}: validation Dice per epoch")
-    figures = [o for r in runs for o in r.get("overlays", [])]
-    md = f"# {summary['benchmark']}\n\n{markdown_tables(runs)}\n![learning curves](learning_curves.png)\n"
-    for o in figures:
-        png = Path(o["png"]).relative_to(out)
+    figures = draw_figures(runs, out / "figures")
+    comparison = comparison_table(runs)
+    md = f"# {summary['benchmark']}\n\n{markdown_tables(runs)}\n" + (f"{comparison}\n" if comparison else "")
+    md += "![learning curves](learning_curves.png)\n"
+    for o, target in figures:
+        png = target.relative_to(out)
         md += f"\n![{o['kind']} {o['case']}]({png}) {o['arm']}, {o['kind']}: {o['case']} (Dice {o['dice']:.3f})\n"
     atomic_write_text(out / "results.md", md)
+    return [target for _, target in figures]
