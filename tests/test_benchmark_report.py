@@ -23,6 +23,6 @@ def test_comparison_table_pairs_seeds_and_needs_three():
     runs += [_run("samsp_gt", s, d) for s, d in ((0, 0.60), (1, 0.62), (2, 0.64))]
     runs += [_run("unet", s, 0.9) for s in (0, 1)]  # two seeds: not a deciding comparison
     table = comparison_table(runs)
-    assert "| samsp_gt | 0,1,2 | +12.00 | 3.27 | better |" in table
+    assert "| samsp_gt | 0,1,2 | +12.00 | 3.27 | better | +10.00, +12.00, +14.00 |" in table
     assert "unet" not in table and "| single_pass |" not in table
     assert comparison_table(runs[:4]) == ""

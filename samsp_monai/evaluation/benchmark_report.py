@@ -87,7 +87,9 @@ def gap_verdict(arm: Sequence[float], baseline: Sequence[float]) -> tuple[float,
 
 def comparison_table(runs: Sequence[Mapping[str, Any]], baseline: str = "single_pass") -> str:
     """Each arm against the baseline on the seeds both ran (at least 3, as a deciding comparison needs):
-    the Dice gap in points, the noise it must beat, and the verdict. Empty when no arm qualifies."""
+    the Dice gap in points, the noise it must beat, the verdict, and the gap of each seed (seed s of two SAM
+    arms starts from the same weights and data order, so a gap of one sign on every seed is paired evidence).
+    Empty when no arm qualifies."""
     grouped = by_arm(runs)
     base = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in grouped.get(baseline, [])}
     lines = []
@@ -97,11 +99,14 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], baseline: str = "single_
         if arm == baseline or len(seeds) < 3:
             continue
         gap, noise, verdict = gap_verdict([dice[s] for s in seeds], [base[s] for s in seeds])
-        lines.append(f"| {arm} | {','.join(map(str, seeds))} | {100 * gap:+.2f} | {100 * noise:.2f} | {verdict} |")
+        per_seed = ", ".join(f"{100 * (dice[s] - base[s]):+.2f}" for s in seeds)
+        cells = [arm, ",".join(map(str, seeds)), f"{100 * gap:+.2f}", f"{100 * noise:.2f}", verdict, per_seed]
+        lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return ""
     head = f"Against `{baseline}` on the same seeds (Dice points; noise = 2 x the larger seed std of the two):\n\n"
-    return head + "| arm | seeds | Dice gap | noise | verdict |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    head += "| arm | seeds | Dice gap | noise | verdict | gap per seed |\n|---|---|---|---|---|---|\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def plot_learning_curves(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str) -> None:
