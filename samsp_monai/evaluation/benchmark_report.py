@@ -87,8 +87,8 @@ def gap_verdict(arm: Sequence[float], baseline: Sequence[float]) -> tuple[float,
 
 def comparison_table(runs: Sequence[Mapping[str, Any]], baseline: str = "single_pass") -> str:
     """Each arm against the baseline on the seeds both ran (at least 3, as a deciding comparison needs):
-    the Dice gap in points, the noise it must beat, the verdict, and the gap of each seed (seed s of two SAM
-    arms starts from the same weights and data order, so a gap of one sign on every seed is paired evidence).
+    the Dice gap in points, the noise it must beat, the verdict, and the gap of each seed (seed s starts every SAM
+    arm from the same initial weights, so a gap of one sign on every seed is paired evidence).
     Empty when no arm qualifies."""
     grouped = by_arm(runs)
     base = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in grouped.get(baseline, [])}
