@@ -7,7 +7,7 @@ under OUT/<benchmark>/runs/, named by the hash of its settings, so a rerun skips
 resumes an interrupted one from its training_state.pt. The arms run one after the other in a child process
 whose log goes to OUT/<benchmark>/log-<pid>.txt; this process prints one line per epoch with an ETA. Two
 commands with different arms or seeds may run into the same OUT at once (each with OMP_NUM_THREADS=1 on a
-2-core machine); a last command naming all of them then reports them together.
+2-core machine); a last command naming all of them (with --report-only: run none) then reports them together.
 
     python scripts/benchmark_quality.py kvasir --seeds 0 1 2 --out benchmarks/out
     python scripts/benchmark_quality.py hippocampus --seeds 0 1 2 --out benchmarks/out
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from samsp_monai.data.datalist import build_datalist, write_json_atomic  # noqa: E402
 from samsp_monai.errors import SAMSPError  # noqa: E402
-from samsp_monai.evaluation.benchmark_report import write_reports  # noqa: E402
+from samsp_monai.evaluation.benchmark_report import headline, write_reports  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,10 @@ def watch(proc: subprocess.Popen, jobs: Sequence[Mapping[str, Any]], log: Path) 
                 raise SAMSPError(f"{label} failed (bundle_root {root}); the log {log} ends:\n{tail}")
             time.sleep(2)
         result = json.loads((root / "result.json").read_text())
-        headline = result["evals"][result["primary_eval"]]["overall"]
+        scores = headline(result)
         print(
-            f"{label}: done in {(time.monotonic() - start) / 60:.1f} min, Dice {headline['dice']:.4f}, "
-            f"IoU {headline['iou']:.4f}, HD95 {headline['hd95_mm']:.2f} mm",
+            f"{label}: done in {(time.monotonic() - start) / 60:.1f} min, Dice {scores['dice']:.4f}, "
+            f"IoU {scores['iou']:.4f}, HD95 {scores['hd95_mm']:.2f} mm",
             flush=True,
         )
         results.append(result)

@@ -40,6 +40,15 @@ def mean_std(values: Sequence[float | None], scale: float = 1.0, digits: int = 2
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
 
 
+def headline(run: Mapping[str, Any]) -> Mapping[str, float]:
+    """Overall Dice/IoU/HD95 of the scoring a run is reported by (`primary_eval`)."""
+    return run["evals"][run["primary_eval"]]["overall"]
+
+
+def dice_by_seed(runs: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    return {r["seed"]: headline(r)["dice"] for r in runs}
+
+
 def by_arm(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     grouped: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
@@ -53,7 +62,7 @@ def markdown_tables(runs: Sequence[Mapping[str, Any]]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     passes = ["| arm | " + " | ".join(name for _, name in PASS_EVALS) + " |", "|---|" + "---|" * len(PASS_EVALS)]
     for arm, arm_runs in by_arm(runs).items():
-        main = [r["evals"][r["primary_eval"]]["overall"] for r in arm_runs]
+        main = [headline(r) for r in arm_runs]
         seconds = mean_std([r["train_s_per_epoch"] for r in arm_runs], digits=1)
         seconds += " + " + mean_std([r["val_s_per_epoch"] for r in arm_runs], digits=1)
         cells = [
@@ -91,10 +100,10 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], baseline: str = "single_
     arm from the same initial weights, so a gap of one sign on every seed is paired evidence).
     Empty when no arm qualifies."""
     grouped = by_arm(runs)
-    base = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in grouped.get(baseline, [])}
+    base = dice_by_seed(grouped.get(baseline, []))
     lines = []
     for arm, arm_runs in grouped.items():
-        dice = {r["seed"]: r["evals"][r["primary_eval"]]["overall"]["dice"] for r in arm_runs}
+        dice = dice_by_seed(arm_runs)
         seeds = sorted(set(dice) & set(base))
         if arm == baseline or len(seeds) < 3:
             continue
