@@ -123,3 +123,18 @@ def test_validation_metric_scores_the_foreground_classes_only():
     metric.attach(engine, "val_mean_dice")
     engine.run([0], max_epochs=1)
     assert engine.state.metrics["val_mean_dice"] == pytest.approx(0.5)
+
+
+def test_the_epoch_count_that_runs_is_the_one_logged_recorded_and_scheduled(tmp_path, caplog):
+    """MONAI Label sets only `train#trainer#max_epochs` (here 3); the run record, the start line, the tracked
+    settings and the cosine horizon follow the trainer, not the config's `max_epochs` (25 in demo.json)."""
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path), "train#trainer#max_epochs": 3})
+    run = parser.get_parsed_content("training_run")
+    with caplog.at_level("INFO", logger="samsp_monai.training.runs"):
+        run.start()
+    run.finish()
+    assert run.max_epochs == 3 and f": 3 epochs, writing to {tmp_path / 'models'}" in caplog.text
+    assert parser.get_parsed_content("settings")["max_epochs"] == 3
+    assert parser.get_parsed_content("lr_scheduler").T_max == 3

@@ -265,10 +265,11 @@ def test_rank_0_of_a_process_group_writes(tmp_path):
 
 
 WRITER_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import logging, sys, torch, torch.distributed as dist
 from ignite.engine import Engine
 from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver
 rank, folder = int(sys.argv[1]), sys.argv[2]
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
 network = torch.nn.Linear(1, 1)
 with torch.no_grad():
@@ -288,7 +289,12 @@ dist.destroy_process_group()
 def test_only_rank_0_writes_in_a_two_process_run(tmp_path):
     """Slow only because each rank imports torch and ignite (tens of seconds on a busy 2-core machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(r), str(tmp_path)], env=env) for r in range(2)]
-    assert [p.wait(timeout=300) for p in ranks] == [0, 0]
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(r), str(tmp_path)], env=env, stderr=subprocess.PIPE)
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[1].decode() for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], logs
+    assert [log.count("saved best model") for log in logs] == [1, 0]  # only the writing rank says it saved
     assert float(torch.load(tmp_path / "model.pt", weights_only=True)["model"]["weight"]) == 0.0
     assert float(torch.load(tmp_path / "state.pt", weights_only=True)["network"]["weight"]) == 0.0

@@ -91,7 +91,8 @@ class BestModelSaver:
         elif value > self.best_metric:
             self.best_metric, self.best_epoch = value, epoch
             self._save({name: value, "epoch": epoch})
-            logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, epoch, self.path)
+            if is_writer():  # the other ranks write nothing, so they do not say so
+                logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, epoch, self.path)
 
     def save_if_unvalidated(self, trainer: Workflow) -> None:
         if self.validated or self.best_epoch >= 0 or not all_finite(self.network):
