@@ -5,6 +5,7 @@ model, data, evaluation, training, serving.
 """
 
 from . import data, evaluation, model, serving, training
+from .console import bundle_runner_is_main, quiet_third_party
 from .data.demo_data import ensure_demo_dataset
 from .errors import SAMSPError, install_short_errors
 from .model.boxes import masks_to_boxes
@@ -34,3 +35,5 @@ __all__ = [
 ]
 
 install_short_errors()
+if bundle_runner_is_main():
+    quiet_third_party()

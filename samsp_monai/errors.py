@@ -2,8 +2,8 @@
 
 MONAI's bundle runner wraps every failing config expression in `RuntimeError("Failed to evaluate ...")`,
 which buries the cause under hundreds of lines of traceback. `install_short_errors` replaces the default
-exception hook so that an uncaught chain holding a `SAMSPError` prints that error's message alone. Set
-`SAMSP_DEBUG=1` for the full traceback.
+exception hook so that an uncaught chain holding a `SAMSPError` prints that error's message alone, and Ctrl-C
+prints one line instead of a `KeyboardInterrupt` traceback. Set `SAMSP_DEBUG=1` for the full traceback.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ def find_user_error(error: BaseException | None) -> SAMSPError | None:
 
 def short_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     """Print only the user error's message (exit status stays 1); anything else gets the full traceback."""
-    user_error = None if os.environ.get("SAMSP_DEBUG") else find_user_error(error)
-    if user_error is None:
+    debug = bool(os.environ.get("SAMSP_DEBUG"))
+    user_error = None if debug else find_user_error(error)
+    if not debug and user_error is None and issubclass(kind, KeyboardInterrupt):
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+    elif user_error is None:
         sys.__excepthook__(kind, error, tb)
     else:
         print(f"samsp-monai error: {user_error}\n(set SAMSP_DEBUG=1 for the full traceback)", file=sys.stderr)

@@ -65,7 +65,11 @@ def test_demo_training_command_end_to_end_and_resume(tmp_path):
     result = _bundle("--config_file", DEMO, "--bundle_root", str(tmp_path), "--max_epochs", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert log.count("val_mean_dice:") >= 3  # one validation per epoch, logged by StatsHandler
+    assert [line.split(",")[0] for line in result.stdout.splitlines() if "val_mean_dice 0." in line] == [
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]  # one progress line per epoch, with that epoch's validation
     assert "best validation val_mean_dice:" in result.stdout
     assert (tmp_path / "models/model.pt").is_file() and (tmp_path / "models/training_state.pt").is_file()
     assert (tmp_path / "demo_data/datalist.json").is_file()
@@ -73,8 +77,8 @@ def test_demo_training_command_end_to_end_and_resume(tmp_path):
     resumed = _bundle("--config_file", DEMO, "--bundle_root", str(tmp_path), "--max_epochs", "4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
-    assert f"Restored all variables from {tmp_path / 'models/training_state.pt'}" in log
-    assert "Epoch[4] Complete" in log and "Epoch[1] Complete" not in log
+    assert "resuming training run samsp-" in log and f"from {tmp_path / 'models/training_state.pt'}: 3 of 4" in log
+    assert "epoch 4/4, loss" in log and "epoch 1/4" not in log
     assert torch.load(tmp_path / "models/training_state.pt", weights_only=True)["trainer"]["iteration"] == 24
 
 

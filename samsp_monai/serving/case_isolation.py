@@ -61,11 +61,12 @@ class CaseSkippingEvaluator(SupervisedEvaluator):
         return super()._iteration(engine, batchdata)
 
 
-def report_cases(evaluator: CaseSkippingEvaluator, output_dir: str | Path) -> None:
-    """Print what was written where; raise `FailedCasesError` listing the skipped cases when there are any."""
+def report_cases(evaluator: CaseSkippingEvaluator, output_dir: str | Path, results: str = "") -> None:
+    """Print what was written where (`results` names further outputs, e.g. evaluation's reports); raise
+    `FailedCasesError` listing the skipped cases when there are any."""
     total = len(evaluator.data_loader.dataset)
     done = total - len(evaluator.failed_cases)
-    print(f"segmented {done} of {total} cases into {output_dir}", flush=True)
+    print(f"segmented {done} of {total} cases into {output_dir}{results}", flush=True)
     if evaluator.failed_cases:
         reasons = "\n".join(f"  {reason}" for _, reason in evaluator.failed_cases)
         raise FailedCasesError(

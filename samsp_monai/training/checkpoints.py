@@ -138,6 +138,8 @@ class BestModelSaver:
             line = f"no model written to {self.path}: validation {self.metric_name or 'metric'} was never finite"
         if state_path is not None:
             line += f"; resumable training state: {state_path}"
+        if self.best_epoch >= 0 and round(self.best_metric, 4) <= 0:
+            line += "\n" + NOTHING_LEARNED_HINT
         print(line, flush=True)
         return line
 
@@ -147,6 +149,15 @@ class BestModelSaver:
     def load_state_dict(self, state: Mapping[str, float | int | str | None]) -> None:
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         self.metric_name = self.metric_name or state.get("metric_name")
+
+
+NOTHING_LEARNED_HINT = (
+    "the best model predicts nothing on the validation cases (score 0.0000): it outputs background everywhere, so "
+    "every pass-1 mask is empty and self-prompting has no box to start from. Try: more epochs (--max_epochs); "
+    "--ce_weight 1.0 (cross-entropy learns faster from scratch, as the demo does); a higher --fg_fraction (more "
+    "slices with foreground); from random weights, --gt_box_prob 1.0 --gt_box_anneal_epochs N to teach the box "
+    "prompt first; and check that --num_classes and --modality match the labels and images"
+)
 
 
 class TrainingStateSaver:

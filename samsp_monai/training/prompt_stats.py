@@ -17,7 +17,7 @@ class EmptyPromptShare:
     With `empty_box_train: keep_previous` those samples never reach the box-prompted pass, so this share says
     how much of an epoch trained pass 1 directly without distillation. It is put into the trainer's
     `engine.state.metrics` as `metric_name` before the epoch's StatsHandler and MLflow handler run (list this
-    handler before them), so it is printed to the console and logged to MLflow at step = epoch.
+    handler before them), so it is printed in the epoch's progress line and logged to MLflow at step = epoch.
     """
 
     def __init__(self, network: nn.Module, metric_name: str = "train_empty_y0_share") -> None:
@@ -45,7 +45,7 @@ class EmptyPromptShare:
             return
         share = float(self.empty) / self.total
         engine.state.metrics[self.metric_name] = share
-        logger.info(
+        logger.debug(
             "epoch %d: %.1f%% of pass-1 masks were empty (%d of %d image-class pairs; training rule %s)",
             engine.state.epoch,
             100 * share,

@@ -1,5 +1,5 @@
 """Ignite handlers that keep a training run sane: stop on a non-finite loss, keep the cosine schedule's horizon,
-and let a user error reach the command line as one short message.
+let a user error reach the command line as one short message, and turn Ctrl-C into one line saying how to resume.
 
 - `StopOnNonFiniteLoss`: a NaN/Inf loss means the next optimizer step ruins the weights. Stopping at once with the
   epoch and iteration named keeps the last finite training state and best model on disk, and the run exits non-zero.
@@ -7,11 +7,14 @@ and let a user error reach the command line as one short message.
   then trains its extra epochs at the end of the old curve (learning rate 0). This sets `T_max` to the trainer's
   `max_epochs` and the learning rate to the cosine's value at the current epoch, as if the run had been planned that
   long from the start.
+- `run_training`: Ctrl-C would print two long `KeyboardInterrupt` tracebacks; the training state of the last
+  finished epoch is already on disk, so the user needs only that epoch and the fact that a rerun resumes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from monai.engines import Workflow
 from monai.handlers import from_engine
@@ -24,7 +27,7 @@ Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_
 
 
 class ShortUserErrors:
-    """Re-raise a `SAMSPError` from inside an engine before MONAI's `StatsHandler` logs it with its traceback.
+    """Re-raise a `SAMSPError` (or Ctrl-C) from inside an engine before MONAI's `StatsHandler` logs its traceback.
 
     Ignite calls the `EXCEPTION_RAISED` handlers in order and the first one that raises ends the call, so attach
     this before `StatsHandler` (list it first in the handlers). Other errors go on to the next handler, which
@@ -36,7 +39,7 @@ class ShortUserErrors:
 
     def __call__(self, engine: Workflow, error: Exception) -> None:
         handlers = [h for h, _, _ in engine._event_handlers[Events.EXCEPTION_RAISED]]
-        if isinstance(error, SAMSPError) or handlers[-1] is self:
+        if isinstance(error, (SAMSPError, KeyboardInterrupt)) or handlers[-1] is self:
             raise error
 
 
@@ -82,3 +85,34 @@ class CosineHorizon:
         progress = (1 + math.cos(math.pi * epoch / horizon)) / 2
         for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * progress
+
+
+class TrainingInterrupted(SAMSPError):
+    """Ctrl-C during training; the message says which epoch's state is saved and how to resume."""
+
+
+class _Releasable(Protocol):
+    def finish(self) -> None: ...
+
+
+def run_training(trainer: Workflow, training_run: _Releasable | None = None) -> None:
+    """`trainer.run()`, with Ctrl-C turned into `TrainingInterrupted` naming the last epoch whose state was saved.
+
+    Call it after the training-state saver is attached: the epoch counted here is recorded after the saver's
+    handler, so "after epoch N" is the state a rerun resumes from. The run's lock is released on the way out.
+    """
+    saved = {"epoch": 0}
+
+    def record(engine: Workflow) -> None:
+        saved["epoch"] = engine.state.epoch
+
+    trainer.add_event_handler(Events.STARTED, record)  # a resumed run starts from its restored epoch
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        if training_run is not None:
+            training_run.finish()
+        raise TrainingInterrupted(
+            f"interrupted after epoch {saved['epoch']}; rerun the same command to resume"
+        ) from None
