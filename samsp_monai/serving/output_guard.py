@@ -5,6 +5,10 @@ made them (path and SHA-256 prefix). A later run with the same model may rewrite
 result); a run with a different model, or into a folder holding segmentations of unknown origin, is
 refused unless `overwrite` is True, which removes the old segmentations first so that the folder never
 mixes two models.
+
+The check runs in `initialize` (`claim_output_dir`), before anything is built; the record is written when the
+evaluator starts (`record_when_started`), after the data set is built, so a run that fails before it can
+segment anything (a missing datalist, a wrong config stack) leaves no record behind.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ import json
 import time
 from pathlib import Path
 
+from monai.engines import Workflow
+from monai.utils import optional_import
+
 from ..atomic import atomic_write_text
 from ..errors import SAMSPError
 from ..training.tracking import file_digest
+
+Events, _ = optional_import("ignite.engine", name="Events")
 
 MANIFEST = "samsp_outputs.json"
 SEGMENTATION_GLOB = "*_seg.*"
@@ -26,7 +35,8 @@ class OutputConflictError(SAMSPError, FileExistsError):
 
 
 def claim_output_dir(output_dir: str | Path, model_path: str | Path, overwrite: bool = False) -> None:
-    """Refuse to mix models' segmentations in `output_dir` (see the module docstring); record this model."""
+    """Refuse to mix models' segmentations in `output_dir` (see the module docstring); with `overwrite`, remove
+    the other model's segmentations. `record_when_started` records this model once the run can start."""
     if not isinstance(overwrite, bool):
         raise SAMSPError(f"--overwrite must be True or False (capitalised), got {overwrite!r}")
     output_dir, model_path = Path(output_dir), Path(model_path)
@@ -50,6 +60,20 @@ def claim_output_dir(output_dir: str | Path, model_path: str | Path, overwrite: 
             )
         for path in previous:
             path.unlink()
+
+
+def record_when_started(evaluator: Workflow, output_dir: str | Path, model_path: str | Path) -> None:
+    """When `evaluator` starts, record in `output_dir` that `model_path` writes its segmentations there."""
+    evaluator.add_event_handler(Events.STARTED, lambda _: record_output_dir(output_dir, model_path))
+
+
+def record_output_dir(output_dir: str | Path, model_path: str | Path) -> None:
+    """Record in `output_dir` that `model_path` writes its segmentations there (after `claim_output_dir`)."""
+    output_dir, model_path = Path(output_dir), Path(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record = {"model": str(model_path.resolve()), "model_sha256": digest, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    atomic_write_text(manifest, json.dumps(record, indent=2) + "\n")
+    record = {
+        "model": str(model_path.resolve()),
+        "model_sha256": file_digest(model_path),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_text(output_dir / MANIFEST, json.dumps(record, indent=2) + "\n")
