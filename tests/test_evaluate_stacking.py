@@ -14,8 +14,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 CONFIGS = REPO / "bundle/configs"
 SMALL = {"sam_variant": "vit_test", "image_size": 64, "num_workers": 0}
 FROM_INFERENCE = [
-    "imports", "ckpt_path", "overwrite", "saver", "dataloader", "evaluator", "initialize", "run", "postprocessing",
+    "imports", "ckpt_path", "overwrite", "saver", "dataloader", "evaluator", "initialize", "postprocessing",
 ]  # fmt: skip
+# (`run` is not among them: its end line also names the metric files)
 # The task's defaults that add-ons change: in both base configs, never in evaluate.json (an add-on's value must
 # win whether it comes before or after evaluate.json).
 TASK_KEYS = ["imports", "class_names", "output_ext", "output_dtype", "output_scale", "extra_savers"]
