@@ -53,11 +53,31 @@ def test_saved_checkpoints_load_strictly_and_reproduce_outputs_and_every_trackin
     assert {key: run.data.params.get(key) for key in tracked} == {key: str(value) for key, value in tracked.items()}
 
 
+def user_error(result: subprocess.CompletedProcess) -> str:
+    """The one-line message of a refused command (exit status 1, no traceback), without its prefix."""
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "ConfigExpression" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("samsp-monai error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0].removeprefix("samsp-monai error: ")
+
+
 def test_plain_command_without_weights_stops_at_once_and_says_why(tmp_path):
     result = _bundle("--config_file", "bundle/configs/train.json", "--bundle_root", str(tmp_path), timeout=300)
-    assert result.returncode != 0
-    assert "SAM checkpoint not found" in result.stderr and "download_large_files" in result.stderr
+    message = user_error(result)
+    assert message.startswith(f"SAM checkpoint not found: {tmp_path / 'models/sam_vit_b_01ec64.pth'}. ")
+    assert "download_large_files" in message and "demo.json" in message
     assert not (tmp_path / "models").exists()
+
+
+def test_a_missing_datalist_is_one_line_naming_it_and_how_to_write_one(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    result = _bundle("--config_file", DEMO, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), timeout=300)
+    message = user_error(result)
+    assert message.startswith(f"datalist not found: {data / 'datalist.json'} (dataset_dir: {data}). ")
+    assert "scripts/make_datalist.py" in message and "--datalist_file" in message
+    assert not (tmp_path / "models").exists()  # refused before the run claimed its folder
 
 
 @pytest.mark.slow

@@ -6,11 +6,22 @@ import json
 import runpy
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from conftest import REPO, shared_data
 from monai.data import load_decathlon_datalist
 
-from samsp_monai.data.datalist import Case, UnmatchedFilesError, build_datalist, split_cases, write_json_atomic
+from samsp_monai.data.datalist import (
+    Case,
+    DataFolderError,
+    UnmatchedFilesError,
+    build_datalist,
+    inference_inputs,
+    load_datalist,
+    split_cases,
+    write_json_atomic,
+)
 
 
 def cli(*args: str) -> None:
@@ -102,3 +113,24 @@ def test_split_lists_must_match_the_data() -> None:
     with pytest.raises(ValueError) as err:
         split_cases(cases, train_names=["a", "b", "x"], val_names=["b"])
     assert all(s in str(err.value) for s in ("not in the data: x", "in both lists: b", "in neither list: c"))
+
+
+def test_a_missing_datalist_or_split_is_named_with_the_fix(tmp_path):
+    with pytest.raises(DataFolderError, match=r"datalist not found: .*datalist\.json .*make_datalist\.py.*last in"):
+        load_datalist(tmp_path / "datalist.json", tmp_path, "training")
+    (tmp_path / "datalist.json").write_text('{"training": []}')
+    with pytest.raises(DataFolderError, match=r"datalist\.json: .*validation"):
+        load_datalist(tmp_path / "datalist.json", tmp_path, "validation")
+
+
+def test_inference_takes_one_file_or_one_series_folder_as_well_as_a_folder(tmp_path):
+    volume = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), volume)
+    assert inference_inputs(volume) == [str(volume)]
+    assert inference_inputs(tmp_path) == [str(volume)]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(DataFolderError, match=r"notes\.txt: not an image .*--dataset_dir takes such a file"):
+        inference_inputs(notes)
+    with pytest.raises(DataFolderError, match="folder not found"):
+        inference_inputs(tmp_path / "absent")

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from monai.data import load_decathlon_datalist
+
 from ..atomic import atomic_write_text
 from ..errors import SAMSPError
 from .dicom_series import is_dicom_file
@@ -252,9 +254,38 @@ def build_datalist(
     return to_datalist(splits, root)
 
 
+def load_datalist(datalist_file: str | Path, dataset_dir: str | Path, split: str) -> list[dict]:
+    """MONAI's `load_decathlon_datalist` for `split`, with a missing file or split named in one line and the fix.
+
+    A wrong `--dataset_dir`, a datalist never written, or override files stacked before `evaluate.json` (whose own
+    `dataset_dir` then wins) all end here; MONAI's own error is a 60-line traceback about a config expression.
+    """
+    path = Path(datalist_file)
+    if not path.is_file():
+        raise DataFolderError(
+            f"datalist not found: {path} (dataset_dir: {dataset_dir}). Write one with `python scripts/make_datalist.py "
+            f"msd|dicom|images {dataset_dir} -o {path}` or pass --datalist_file FILE; check --dataset_dir, and "
+            "put override files (demo.json, image2d.json, ...) last in --config_file"
+        )
+    try:
+        return load_decathlon_datalist(str(path), True, split, base_dir=str(dataset_dir))
+    except ValueError as err:  # MONAI: "Data list ... not specified in ..."
+        raise DataFolderError(f"{path}: {err}; write it with scripts/make_datalist.py or choose another split") from err
+
+
 def inference_inputs(folder: str | Path) -> list[str]:
-    """What `inference.json` segments in `folder`: volume and 2D image files, and DICOM series sub-folders."""
+    """What `inference.json` segments at `folder`: its volume and 2D image files and DICOM series sub-folders; or
+    `folder` itself when it is one such file or one series folder (single-case inference)."""
     folder = Path(folder)
+    if folder.is_file():
+        if _strip_suffix(folder, IMAGE_SUFFIXES + VOLUME_SUFFIXES) is None:
+            raise DataFolderError(
+                f"{folder}: not an image ({', '.join(IMAGE_SUFFIXES)}) or volume ({', '.join(VOLUME_SUFFIXES)}); "
+                "--dataset_dir takes such a file, a DICOM series folder or a folder of them"
+            )
+        return [str(folder)]
+    if _is_series_folder(folder):
+        return [str(folder)]
     files = [p for p in _visible_files(folder) if _strip_suffix(p, IMAGE_SUFFIXES + VOLUME_SUFFIXES) is not None]
     series = [d for d in sorted(folder.iterdir()) if _is_series_folder(d)]
     if not files and not series:

@@ -102,6 +102,10 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
     )
 
 
+class CheckpointMissingError(CheckpointError, FileNotFoundError):
+    """The configured weights file does not exist; one line on the command line, like every `SAMSPError`."""
+
+
 def require_checkpoint(path: str | Path | None) -> Path | None:
     """Fail fast, before any data is loaded, when the SAM weights a run is configured with are not there.
 
@@ -110,7 +114,7 @@ def require_checkpoint(path: str | Path | None) -> Path | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise FileNotFoundError(f"SAM checkpoint not found: {path}. {CHECKPOINT_HELP}")
+        raise CheckpointMissingError(f"SAM checkpoint not found: {path}. {CHECKPOINT_HELP}")
     return Path(path)
 
 
