@@ -4,11 +4,13 @@ Usage:
     python scripts/make_datalist.py msd ../shared/data/msd-hippocampus -o datalist.json
     python scripts/make_datalist.py dicom ../shared/data/dicom-ct-seg --label_glob liver_seg.nrrd -o dl.json
     python scripts/make_datalist.py images ../shared/data/kvasir-seg -o datalist.json
+    python scripts/make_datalist.py images ../shared/data/kvasir-seg -o small.json --limit 20   # a quick trial
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
     common.add_argument("--train_list", type=Path, help="training case names, one a line")
     common.add_argument("--val_list", type=Path, help="validation case names, one a line")
+    common.add_argument(
+        "--limit", type=int, help="keep N cases, chosen with --seed, in the split's proportions (a quick trial)"
+    )
     layouts = parser.add_subparsers(dest="layout", required=True)
     layouts.add_parser("msd", parents=[common], help="imagesTr/ + labelsTr/ NIfTI, matched by file name")
     dicom = layouts.add_parser("dicom", parents=[common], help="DICOM series folders + label files")
@@ -41,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = vars(parse_args(argv))
     output = args.pop("output")
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
     try:
         datalist = build_datalist(**args)
     except (ValueError, FileNotFoundError) as e:

@@ -112,7 +112,32 @@ def test_split_lists_must_match_the_data() -> None:
     assert [c.name for c in splits["validation"]] == ["b"]
     with pytest.raises(ValueError) as err:
         split_cases(cases, train_names=["a", "b", "x"], val_names=["b"])
-    assert all(s in str(err.value) for s in ("not in the data: x", "in both lists: b", "in neither list: c"))
+    assert all(s in str(err.value) for s in ("not in the data: x", "in both lists: b"))
+
+
+def test_two_lists_naming_a_few_cases_make_a_subset_and_say_what_was_left_out(caplog) -> None:
+    cases = [Case(f"c{i:03d}", Path(f"c{i:03d}"), Path(f"c{i:03d}")) for i in range(300)]
+    caplog.set_level("INFO", logger="samsp_monai.data.datalist")
+    splits = split_cases(cases, train_names=["c000", "c001", "c002"], val_names=["c003"])
+    assert [c.name for c in splits["training"]] == ["c000", "c001", "c002"]
+    assert [c.name for c in splits["validation"]] == ["c003"]
+    assert caplog.messages == ["left out 296 of 300 cases, named in neither list"]
+
+
+def test_limit_keeps_a_seeded_subset_in_the_split_proportions(tmp_path, capsys) -> None:
+    root = tmp_path / "msd"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+        for i in range(20):
+            (root / folder / f"case_{i:02d}.nii.gz").write_bytes(b"")
+    out = tmp_path / "small.json"
+    cli("msd", str(root), "-o", str(out), "--limit", "5")
+    small = json.loads(out.read_text())
+    assert (len(small["training"]), len(small["validation"])) == (4, 1)
+    full = build_datalist("msd", root)
+    assert all(item in full[key] for key in small for item in small[key])  # a subset of the same split
+    assert build_datalist("msd", root, limit=5) == small  # seeded: the same subset every time
+    assert capsys.readouterr().out.strip() == f"{out}: 4 training, 1 validation"
 
 
 def test_a_missing_datalist_or_split_is_named_with_the_fix(tmp_path):

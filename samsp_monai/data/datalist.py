@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ from monai.data import load_decathlon_datalist
 from ..atomic import atomic_write_text
 from ..errors import SAMSPError
 from .dicom_series import is_dicom_file
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -185,8 +188,8 @@ def split_cases(
 ) -> dict[str, list[Case]]:
     """Split by name lists (one list alone means "the rest" for the other), else randomly with ``seed``.
 
-    Names in a list but not in the data, in both lists, or (with two lists) in neither raise, so an
-    outdated list cannot quietly shrink a split.
+    Names in a list but not in the data, or in both lists, raise, so an outdated list cannot quietly shrink a
+    split. With two lists, the cases in neither are left out (a subset is a common wish); the count is logged.
     """
     by_name = {c.name: c for c in cases}
     if train_names is None and val_names is None:
@@ -199,13 +202,34 @@ def split_cases(
         listed = set(train_names or []) | set(val_names or [])
         problems = [f"  listed but not in the data: {n}" for n in sorted(listed - by_name.keys())]
         problems += [f"  in both lists: {n}" for n in sorted(set(train_names or []) & set(val_names or []))]
-        if train_names is not None and val_names is not None:
-            problems += [f"  in neither list: {n}" for n in sorted(by_name.keys() - listed)]
         if problems:
             raise ValueError("split lists do not match the data:\n" + "\n".join(problems))
         val = set(val_names) if val_names is not None else by_name.keys() - set(train_names)
-        train = by_name.keys() - val
+        train = set(train_names) if train_names is not None else by_name.keys() - val
+        if len(train) + len(val) < len(by_name):
+            logger.info(
+                "left out %d of %d cases, named in neither list", len(by_name) - len(train) - len(val), len(cases)
+            )
     return {"training": [by_name[n] for n in sorted(train)], "validation": [by_name[n] for n in sorted(val)]}
+
+
+def limit_cases(splits: Mapping[str, list[Case]], limit: int, seed: int = 0) -> dict[str, list[Case]]:
+    """A seeded random subset of `limit` cases that keeps the splits' shares (one validation case at least, when the
+    split has any): a quick trial run on a large data set."""
+    total = sum(len(cases) for cases in splits.values())
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    if limit >= total:
+        return dict(splits)
+    val = splits["validation"]
+    n_val = min(len(val), max(1 if val else 0, round(limit * len(val) / total)))
+    rng = random.Random(seed)
+    kept = {
+        "training": rng.sample(splits["training"], min(len(splits["training"]), limit - n_val)),
+        "validation": rng.sample(val, n_val),
+    }
+    logger.info("--limit %d: kept %d of %d cases (seed %d)", limit, sum(map(len, kept.values())), total, seed)
+    return {key: sorted(cases) for key, cases in kept.items()}
 
 
 def to_datalist(splits: Mapping[str, list[Case]], root: Path) -> dict[str, list[dict[str, str]]]:
@@ -232,9 +256,11 @@ def build_datalist(
     seed: int = 0,
     train_list: Path | None = None,
     val_list: Path | None = None,
+    limit: int | None = None,
     **layout_options: str,
 ) -> dict[str, list[dict[str, str]]]:
-    """Find, pair and split the cases of ``root``; ``layout_options`` go to the layout's finder."""
+    """Find, pair and split the cases of ``root`` (``limit``: keep that many, see `limit_cases`); ``layout_options``
+    go to the layout's finder."""
     root = Path(root).resolve()
     finders = {"msd": msd_cases, "dicom": dicom_cases, "images": image_cases}
     if layout not in finders:
@@ -251,7 +277,7 @@ def build_datalist(
         read_names(train_list) if train_list else None,
         read_names(val_list) if val_list else None,
     )
-    return to_datalist(splits, root)
+    return to_datalist(limit_cases(splits, limit, seed) if limit is not None else splits, root)
 
 
 def load_datalist(datalist_file: str | Path, dataset_dir: str | Path, split: str) -> list[dict]:
