@@ -6,13 +6,14 @@ import csv
 import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from samsp_monai.evaluation.handlers import CaseMetricsWriter
+from samsp_monai.evaluation.handlers import CaseMetricsWriter, InferenceOverlays
 from samsp_monai.evaluation.metrics import case_metrics, hd95_penalty_mm, spacing_from_affine, summarise
 from samsp_monai.evaluation.reports import OVERLAY_PX, save_overlay_png, write_case_csv, write_summary_json
 
@@ -206,3 +207,34 @@ def test_summary_names_classes_and_states_its_conventions():
     assert s["classes"]["1"]["class_name"] == "anterior" and s["classes"]["2"]["class_name"] == "2"
     assert s["classes"]["2"]["dice"] == {"mean": None, "median": None, "std": None}  # both_empty only
     assert set(s["conventions"]) == {"hd95", "one_side_empty", "both_empty"}
+
+
+def test_plain_inference_writes_overlays_with_the_dice_where_a_label_of_the_same_name_exists(tmp_path, capsys):
+    from ignite.engine import Engine
+
+    labels = tmp_path / "labelsTr"
+    labels.mkdir()
+    label = box((16, 16, 6), (3, 3, 1), (11, 11, 5)) + box((16, 16, 6), (11, 3, 1), (14, 11, 5), value=2)
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), labels / "case_a.nii.gz")
+    pred = label.copy()
+    pred[3:5][pred[3:5] == 1] = 0  # class 1 loses 2 of its 8 rows: Dice 2*48/(64+48) = 0.857
+
+    def item(name: str) -> dict[str, MetaTensor]:
+        meta = {"filename_or_obj": f"/data/{name}.nii.gz"}
+        image = MetaTensor(torch.as_tensor(RNG.random((1, 16, 16, 6))), affine=torch.eye(4), meta=dict(meta))
+        return {"image": image, "pred": MetaTensor(torch.as_tensor(pred[None]), affine=torch.eye(4), meta=dict(meta))}
+
+    engine = Engine(lambda engine, batch: batch)
+    InferenceOverlays(tmp_path / "out", {1: "anterior", 2: "posterior"}, num_overlays=2, label_dir=labels).attach(
+        engine
+    )
+    engine.run([[item("case_a")], [item("case_b")], [item("case_c")]], max_epochs=1)
+
+    assert sorted(p.name for p in (tmp_path / "out/overlays").iterdir()) == ["case_a.png", "case_b.png"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"overlay {tmp_path / 'out/overlays/case_a.png'}: Dice anterior 0.857, posterior 1.000",
+        f"overlay {tmp_path / 'out/overlays/case_b.png'}",  # no label of that name: prediction only
+    ]
+    with Image.open(tmp_path / "out/overlays/case_a.png") as im:
+        colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)[::7]}
+    assert len(colours) > 50  # a grey image with two differently coloured classes drawn on it
