@@ -137,10 +137,13 @@ def test_run_comparison_table_and_plot(tmp_path: Path) -> None:
     run_training(tmp_path, "sp_on", self_prompt=True, lora_rank=4)
     run_training(tmp_path, "sp_off", self_prompt=False, lora_rank=4)
     client = MlflowClient(sqlite_uri(tmp_path))
+    start = 1_700_000_000_000
+    # epoch 2 of sp_on validated twice: before a crash (0.95), and again after the resume (0.6); the later counts
+    client.log_metric(get_run(client, "sp_on").info.run_id, "val_mean_dice", 0.95, timestamp=start, step=2)
     for name, dice in (("sp_on", [0.2, 0.6, 0.5]), ("sp_off", [0.1, 0.3, 0.4])):
         run_id = get_run(client, name).info.run_id
         for epoch, value in enumerate(dice, start=1):
-            client.log_metric(run_id, "val_mean_dice", value, step=epoch)
+            client.log_metric(run_id, "val_mean_dice", value, timestamp=start + 1000 * epoch, step=epoch)
     runs = find_runs(client, "samsp_test")
     assert [r.info.run_name for r in runs] == ["sp_on", "sp_off"]
     assert differing_params(runs) == ["loss_terms", "self_prompt"]

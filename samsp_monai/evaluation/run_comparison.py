@@ -36,6 +36,14 @@ def differing_params(runs: Sequence[Run]) -> list[str]:
     return [name for name in names if len({run.data.params.get(name) for run in runs}) > 1]
 
 
+def metric_by_step(client: MlflowClient, run_id: str, metric: str) -> dict[int, float]:
+    """{step: value} of `metric`, steps ascending. A step logged twice keeps its latest value: an epoch that a crash
+    interrupted after its validation is validated again when the run resumes, and only that second value belongs
+    to the run that goes on (one training run is one MLflow run across its resumes)."""
+    points = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+    return {m.step: m.value for m in points}
+
+
 def comparison_table(client: MlflowClient, runs: Sequence[Run], metric: str = "val_mean_dice") -> pd.DataFrame:
     """One row per run: the params that differ, best/best epoch/final of `metric`, final of the other metrics
     (less `best_<metric>`/`best_epoch`, which `MLflowRunDetails` logs and the history already gives)."""
@@ -43,18 +51,18 @@ def comparison_table(client: MlflowClient, runs: Sequence[Run], metric: str = "v
     others = sorted({name for run in runs for name in run.data.metrics} - {metric, f"best_{metric}", "best_epoch"})
     rows = []
     for run in runs:
-        history = client.get_metric_history(run.info.run_id, metric)
-        best = max(history, key=lambda m: m.value, default=None)
-        final = max(history, key=lambda m: (m.step, m.timestamp), default=None)
+        history = metric_by_step(client, run.info.run_id, metric)
+        best = max(history, key=history.__getitem__, default=None)  # the first epoch that reached the best
+        final = max(history, default=None)
         rows.append(
             {
                 "run_name": run.info.run_name,
                 "run_id": run.info.run_id,
                 "status": run.info.status,
                 **{name: run.data.params.get(name) for name in params},
-                f"best {metric}": best.value if best else None,
-                "best epoch": best.step if best else None,
-                f"final {metric}": final.value if final else None,
+                f"best {metric}": history.get(best),
+                "best epoch": best,
+                f"final {metric}": history.get(final),
                 **{f"final {name}": run.data.metrics.get(name) for name in others},
             }
         )
@@ -96,11 +104,9 @@ def plot_metric_history(
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for run in runs:
-        history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
+        history = metric_by_step(client, run.info.run_id, metric)
         if history:
-            ax.plot(
-                [m.step for m in history], [m.value for m in history], marker="o", label=run_label(run, label_params)
-            )
+            ax.plot(list(history), list(history.values()), marker="o", label=run_label(run, label_params))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)

@@ -67,7 +67,14 @@ class BestModelSaver:
         self._scoring_baseline = False
 
     def attach(self, engine: Workflow) -> None:
+        engine.add_event_handler(Events.STARTED, self.share_best)
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def share_best(self, engine: Workflow) -> None:
+        """Hand the run's best so far (restored on resume) to the evaluator, whose own record MONAI keeps per
+        process: its "best value ... at epoch" line then names the run's best, not the best since the resume."""
+        if self.best_epoch >= 0:
+            engine.state.best_metric, engine.state.best_metric_epoch = self.best_metric, self.best_epoch
 
     def attach_trainer(self, trainer: Workflow, val_cases: int) -> None:
         """Save the last model at the end of training if no validation ran; say so up front if none can."""

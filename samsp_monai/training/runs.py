@@ -56,17 +56,20 @@ def describe(settings: Mapping[str, Any]) -> str:
 
 
 class RunRecord:
-    """Saved in `training_state.pt` beside the network and optimizer: which run it is and its settings."""
+    """Saved in `training_state.pt` beside the network and optimizer: which run it is, its settings, and the
+    MLflow run it logs to (`mlflow_run_id`, None without tracking), so that every part of a resumed run logs
+    into that one MLflow run."""
 
-    def __init__(self, run_id: str, settings: Mapping[str, Any]) -> None:
-        self.run_id, self.settings = run_id, training_settings(settings)
+    def __init__(self, run_id: str, settings: Mapping[str, Any], mlflow_run_id: str | None = None) -> None:
+        self.run_id, self.settings, self.mlflow_run_id = run_id, training_settings(settings), mlflow_run_id
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "settings": self.settings}
+        return {"run_id": self.run_id, "settings": self.settings, "mlflow_run_id": self.mlflow_run_id}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Only the id: `TrainingRun.start` has already compared the settings."""
+        """Only the ids: `TrainingRun.start` has already compared the settings."""
         self.run_id = str(state["run_id"])
+        self.mlflow_run_id = state.get("mlflow_run_id") or self.mlflow_run_id
 
 
 class FolderLock:
@@ -150,6 +153,28 @@ class TrainingRun:
         self.state_path, self.best_model_path = Path(state_path), Path(best_model_path)
         self.lock = FolderLock(lock_path or self.state_path.parent / "training.lock")
         self.resumes = False
+        self.saved_parts: frozenset[str] = frozenset()
+
+    @property
+    def run_id(self) -> str:
+        """The run's id: new, or the resumed run's once `start` has read it (the MLflow run name)."""
+        return self.record.run_id
+
+    def resumable(self, objects: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of `objects` (the resume loader's `load_dict`) that the saved state holds. A state written
+        before the random state was saved resumes without it, and says that the rest of the run will differ from
+        an uninterrupted one. A new run gets all of `objects` (the loader is built, not attached)."""
+        if not self.resumes:
+            return dict(objects)
+        missing = sorted(set(objects) - self.saved_parts)
+        if missing:
+            logger.warning(
+                "%s holds no %s (written by an older version): resuming without it, so the rest of this run will not "
+                "repeat exactly what an uninterrupted run would have done",
+                self.state_path,
+                ", ".join(missing),
+            )
+        return {name: obj for name, obj in objects.items() if name in self.saved_parts}
 
     def start(self) -> bool:
         """Lock, clean up, then resume or start; returns whether the run resumes from `state_path`."""
@@ -202,7 +227,8 @@ class TrainingRun:
                 f"model: {self.best_model_path}). Nothing to train: raise --max_epochs to continue it, or pass "
                 "--fresh True to start a new run"
             )
-        self.record.run_id = str(saved["run_id"])
+        self.record.load_state_dict(saved)
+        self.saved_parts = frozenset(state)
         print(
             f"resuming training run {self.record.run_id} from {self.state_path}: {done} of {self.max_epochs} epochs "
             f"done ({result}); settings: {describe(now)}",

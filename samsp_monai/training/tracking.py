@@ -20,12 +20,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_PARENT_RUN_ID
 from monai.handlers import MLFlowHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from ..errors import SAMSPError
 from .checkpoints import BestModelSaver
+from .model_logging import log_trained_model
+from .runs import RunRecord
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -50,11 +56,10 @@ def unique_run_name(prefix: str = "samsp") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def code_revision(path: str | Path = CODE_DIR) -> str:
-    """The git commit of the code at `path`, with `-dirty` when tracked files differ from it; `unknown` outside git.
-
-    `GIT_OPTIONAL_LOCKS=0` keeps `git status` from rewriting the index under someone else's `git add`.
-    """
+def git_details(path: str | Path = CODE_DIR) -> dict[str, str]:
+    """`commit`, `dirty` ("true"/"false"), `branch` and `repo_url` (remote `origin`, if any) of the git checkout
+    holding `path`; {} outside git. `GIT_OPTIONAL_LOCKS=0` keeps `git status` from rewriting the index under
+    someone else's `git add`."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
 
     def git(*args: str) -> str:
@@ -64,11 +69,38 @@ def code_revision(path: str | Path = CODE_DIR) -> str:
         return done.stdout.strip()
 
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        details = {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+        }
     except (OSError, subprocess.SubprocessError):
+        return {}
+    try:
+        details["repo_url"] = git("remote", "get-url", "origin")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return details
+
+
+def code_revision(path: str | Path = CODE_DIR) -> str:
+    """The git commit of the code at `path`, with `-dirty` when tracked files differ from it; `unknown` outside git."""
+    details = git_details(path)
+    if not details:
         return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+    return f"{details['commit']}-dirty" if details["dirty"] == "true" else details["commit"]
+
+
+def source_tags(path: str | Path = CODE_DIR) -> dict[str, str]:
+    """MLflow's standard tags (`mlflow.user`, `mlflow.source.name`/`type`, `mlflow.source.git.commit`/`branch`/
+    `repoURL`): `mlflow.start_run` sets them, MONAI's handler (which creates runs with the client) does not. The
+    git tags describe this package's checkout, not the entry script's (`monai/bundle/__main__.py`)."""
+    tags = {k: v for k, v in resolve_tags().items() if not k.startswith("mlflow.source.git.")}
+    git = git_details(path)
+    for key, tag in (("commit", MLFLOW_GIT_COMMIT), ("branch", MLFLOW_GIT_BRANCH), ("repo_url", MLFLOW_GIT_REPO_URL)):
+        if key in git:
+            tags[tag] = git[key]
+    return tags
 
 
 def file_digest(path: str | Path | None, length: int = 12) -> str | None:
@@ -119,18 +151,41 @@ def find_mlflow_handler(engine: Engine) -> MLFlowHandler | None:
     return None
 
 
+def training_run_of(client: MlflowClient, model_path: str | Path | None) -> Run | None:
+    """The training run (in any experiment of `client`'s store) whose best model is the file `model_path`, found by
+    the `model_sha256` tag training runs set; the latest one if several trained the same file, None if none."""
+    digest = file_digest(model_path)
+    if digest is None:
+        return None
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, f"tags.model_sha256 = '{digest}' and tags.workflow = 'training'", order_by=["start_time DESC"]
+    )
+    return runs[0] if runs else None
+
+
 class MLflowRunDetails:
     """Completes the MLflow run of the engine's `MLFlowHandler`; does nothing when the engine has none.
 
     Attach it before that handler (list it last in the bundle's handlers: MONAI appends its handler after them),
     so that everything here lands before the run is closed at `COMPLETED`.
 
-    - `STARTED`: checks that an HTTP tracking server answers (`require_reachable`), opens the run through the
-      `MLFlowHandler` (its `start` is re-entrant) and logs `params` and `tags`.
+    - `STARTED`: checks that an HTTP tracking server answers (`require_reachable`); with a `record` that names
+      the MLflow run of an earlier part of this training run (a resumed run), reopens that run, also for the
+      `validator`'s handler, so that a training run is one MLflow run however often it was resumed; opens the run
+      through the `MLFlowHandler` (its `start` is re-entrant) and stores its id in `record`. Logs `params` (those
+      a resumed run already has keep their first value; a changed one is noted in the tag `changed_on_resume`),
+      `tags`, MLflow's standard source and git tags, and the executed config under the stable name
+      `executed_config.json` (MONAI would log it as `config_<time>.json`, a new name per run). With
+      `evaluated_model` (an evaluation), links the run to the training run that produced that file
+      (`training_run_of`): tag `training_run_id` and MLflow's parent run, so the UI nests it under that run.
     - `ITERATION_COMPLETED` (with `loss`): each term of `loss.last_terms` as `<loss_prefix><term>` at the
       iteration, and once the param `loss_terms` (the terms the loss actually computed, e.g. `dice+ce+kl`).
-    - `COMPLETED`: with `best_model`, the metrics `best_<key metric>` and `best_epoch` and the tag
-      `best_model_path`; then each of `artifacts` (a file, or a folder logged under its own name) that exists.
+    - `EPOCH_COMPLETED` and `COMPLETED` (with `best_model`): the run's best so far, `best_<key metric>` and
+      `best_epoch` (restored on resume, so never the best of one part only), and the tags `best_model_path` and
+      `model_sha256`. At `COMPLETED`, with `log_model`, the best model as the MLflow model `model`
+      (`model_logging.log_trained_model`, registered as `registered_model_name` if given); then each of
+      `artifacts` (a file, or a folder logged under its own name) that exists.
     """
 
     def __init__(
@@ -141,17 +196,28 @@ class MLflowRunDetails:
         best_model: BestModelSaver | None = None,
         artifacts: Sequence[str | Path] = (),
         loss_prefix: str = "train_loss_",
+        record: RunRecord | None = None,
+        validator: Engine | None = None,
+        log_model: bool = False,
+        registered_model_name: str | None = None,
+        evaluated_model: str | Path | None = None,
     ) -> None:
         self.params, self.tags = dict(params or {}), dict(tags or {})
         self.loss, self.best_model, self.loss_prefix = loss, best_model, loss_prefix
         self.artifacts = [Path(a) for a in artifacts]
+        self.record, self.validator = record, validator
+        self.log_model, self.registered_model_name = log_model, registered_model_name
+        self.evaluated_model = evaluated_model
         self.mlflow: MLFlowHandler | None = None
         self._terms_logged = False
+        self._logged_best_epoch = -1
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)
         if self.loss is not None:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.log_loss_terms)
+        if self.best_model is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_best)
         engine.add_event_handler(Events.COMPLETED, self.complete)
 
     @property
@@ -163,12 +229,82 @@ class MLflowRunDetails:
         self.mlflow = find_mlflow_handler(engine)
         if self.mlflow is None:
             return
-        require_reachable(self.mlflow.client.tracking_uri)
+        client = self.mlflow.client
+        require_reachable(client.tracking_uri)
+        resumed = self._reopen_recorded_run()
         self.mlflow.start(engine)
-        self._log(params={k: str(v) for k, v in self.params.items()}, tags={k: str(v) for k, v in self.tags.items()})
+        run_id = self.run_id
+        if self.record is not None:
+            self.record.mlflow_run_id = run_id
+        validator_handler = find_mlflow_handler(self.validator) if self.validator is not None else None
+        if validator_handler is not None:
+            validator_handler.cur_run = self.mlflow.cur_run
+        self._log_executed_config()
+        run = client.get_run(run_id)
+        params = {k: str(v) for k, v in self.params.items()}
+        changed = {k: f"{run.data.params[k]} -> {v}" for k, v in params.items() if run.data.params.get(k, v) != v}
+        tags = {**source_tags(), **{k: str(v) for k, v in self.tags.items()}, **self._training_link()}
+        if resumed:
+            tags["resumes"] = str(int(run.data.tags.get("resumes", "0")) + 1)
+        if changed:
+            earlier = run.data.tags.get("changed_on_resume")
+            now = "; ".join(f"{k}: {v}" for k, v in changed.items())
+            tags["changed_on_resume"] = f"{earlier}; {now}" if earlier else now
+        self._log(params={k: v for k, v in params.items() if k not in run.data.params}, tags=tags)
         logger.info(
-            "MLflow run %s (%s) at %s", self.mlflow.cur_run.info.run_name, self.run_id, self.mlflow.client.tracking_uri
+            "MLflow run %s (%s) at %s%s",
+            self.mlflow.cur_run.info.run_name,
+            run_id,
+            client.tracking_uri,
+            " (resumed)" if resumed else "",
         )
+
+    def _reopen_recorded_run(self) -> bool:
+        """Make the MLflow run `record` names (an earlier part of this training run) the handler's run again."""
+        run_id = self.record.mlflow_run_id if self.record is not None else None
+        if not run_id:
+            return False
+        client = self.mlflow.client
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.lifecycle_stage != "active":
+            logger.warning(
+                "training run %s logged its earlier epochs to MLflow run %s, which %s does not hold (another "
+                "--tracking_uri, or deleted): this part logs to a new MLflow run",
+                self.record.run_id,
+                run_id,
+                client.tracking_uri,
+            )
+            return False
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        self.mlflow.cur_run = client.get_run(run_id)
+        return True
+
+    def _log_executed_config(self) -> None:
+        """Log the config file MONAI's handler would log as `config_<time>.json` as `executed_config.json`."""
+        configs = [Path(p) for p in self.mlflow.artifacts if isinstance(p, (str, Path)) and Path(p).is_file()]
+        self.mlflow.artifacts = ()
+        for path in configs:
+            self.mlflow.client.log_text(self.run_id, path.read_text(), "executed_config.json")
+
+    def _training_link(self) -> dict[str, str]:
+        """For an evaluation: the tags that link it to the training run of the evaluated model, if it is known."""
+        if self.evaluated_model is None:
+            return {}
+        training = training_run_of(self.mlflow.client, self.evaluated_model)
+        if training is None:
+            logger.info(
+                "no training run in %s produced %s: not linked", self.mlflow.client.tracking_uri, self.evaluated_model
+            )
+            return {}
+        return {
+            "training_run_id": training.info.run_id,
+            "training_run_name": training.info.run_name,
+            MLFLOW_PARENT_RUN_ID: training.info.run_id,
+        }
 
     def log_loss_terms(self, engine: Engine) -> None:
         terms = dict(self.loss.last_terms)
@@ -180,17 +316,32 @@ class MLflowRunDetails:
             metrics={f"{self.loss_prefix}{k}": v for k, v in terms.items()}, step=engine.state.iteration, params=params
         )
 
+    def log_best(self, engine: Engine) -> None:
+        """The run's best so far, at the epoch: a run that stops early still shows its best model."""
+        best = self.best_model
+        if self.run_id is None or best.best_epoch < 0:
+            return
+        tags = {"best_model_path": str(best.path)}
+        if best.best_epoch != self._logged_best_epoch and (digest := file_digest(best.path)) is not None:
+            tags["model_sha256"] = digest
+        self._logged_best_epoch = best.best_epoch
+        self._log(
+            metrics={f"best_{best.metric_name}": best.best_metric, "best_epoch": best.best_epoch},
+            step=engine.state.epoch,
+            tags=tags,
+        )
+
     def complete(self, engine: Engine) -> None:
         run_id = self.run_id
         if run_id is None:
             return
-        best = self.best_model
-        if best is not None and best.best_epoch >= 0:
-            self._log(
-                metrics={f"best_{best.metric_name}": best.best_metric, "best_epoch": best.best_epoch},
-                tags={"best_model_path": str(best.path)},
-            )
         client = self.mlflow.client
+        if self.best_model is not None:
+            self.log_best(engine)
+            if self.log_model and self.best_model.path.is_file():
+                log_trained_model(
+                    client, run_id, self.best_model.network, self.best_model.path, "model", self.registered_model_name
+                )
         for path in self.artifacts:
             if path.is_file():
                 client.log_artifact(run_id, str(path))
