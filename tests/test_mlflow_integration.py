@@ -106,6 +106,8 @@ def test_two_demo_trainings_land_in_mlflow_and_compare(mlflow_server: str, tmp_p
         assert {"lora_rank", "distill_alpha", "optimizer", "learning_rate", "batch_size", "seed"} <= set(params)
         assert run.data.tags["bundle_version"] == "0.1.0" and run.data.tags["workflow"] == "training"
         assert Path(run.data.tags["best_model_path"]) == tmp_path / name / "models" / "model.pt"
+        (model,) = client.search_logged_models([experiment.experiment_id], f"source_run_id = '{run_id}'")
+        assert model.name == "model" and model.status == "READY"
 
         validation = sorted(client.get_metric_history(run_id, "val_mean_dice"), key=lambda m: m.step)
         assert [m.step for m in validation] == list(range(1, EPOCHS + 1))  # one value per validation
@@ -119,8 +121,10 @@ def test_two_demo_trainings_land_in_mlflow_and_compare(mlflow_server: str, tmp_p
         assert [m.step for m in empty_share] == (list(range(1, EPOCHS + 1)) if sp == "True" else [])
         assert all(0.0 <= m.value <= 1.0 for m in empty_share)
 
-        (config,) = [a.path for a in client.list_artifacts(run_id) if a.path.startswith("config_")]
-        executed = json.loads(Path(client.download_artifacts(run_id, config, str(tmp_path / name))).read_text())
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        assert "executed_config.json" in artifacts and "model" not in artifacts  # the model is a logged model
+        config = client.download_artifacts(run_id, "executed_config.json", str(tmp_path / name))
+        executed = json.loads(Path(config).read_text())
         assert executed["self_prompt"] == (sp == "True") and executed["max_epochs"] == EPOCHS
 
     out = tmp_path / "comparison"

@@ -77,16 +77,34 @@ def train(root: Path, store: Path, data: Path, crash_at: int | None = None, **ov
     wf.finalize()
 
 
+def evaluate(root: Path, store: Path, data: Path) -> None:
+    """evaluate.json on the model in `root`, stacked on the training config (in the order that works)."""
+    configs = [str(REPO / "bundle/configs" / name) for name in ("train.json", "evaluate.json", "demo.json")]
+    wf = ConfigWorkflow(
+        config_file=configs,
+        workflow_type=None,
+        tracking="mlflow",
+        tracking_uri=path_to_sqlite_uri(str(store)),
+        bundle_root=str(root),
+        logging_file=False,
+        dataset_dir=str(data),
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
 @pytest.fixture(scope="module")
 def trainings(tmp_path_factory) -> dict:
     """The same demo training twice into one store: straight through (its model registered), and interrupted in
-    epoch 2, then resumed by the same command."""
+    epoch 2, then resumed by the same command; then an evaluation of the first one's model."""
     tmp = tmp_path_factory.mktemp("mlflow_runs")
     store, data = tmp / "mlruns.db", Path(ensure_demo_dataset(tmp / "demo_data"))
     straight, interrupted = tmp / "straight", tmp / "interrupted"
     train(straight, store, data, registered_model_name=REGISTERED)
     train(interrupted, store, data, crash_at=CRASH_AT)
     train(interrupted, store, data)
+    evaluate(straight, store, data)
     return {"tmp": tmp, "store": store, "straight": straight, "interrupted": interrupted}
 
 
@@ -106,7 +124,7 @@ def test_an_interrupted_run_is_one_mlflow_run_that_ends_like_the_uninterrupted_o
     client = MlflowClient(path_to_sqlite_uri(str(trainings["store"])))
     (straight,) = training_run_of(client, trainings["straight"])
     (interrupted,) = training_run_of(client, trainings["interrupted"])  # one run, not one per part
-    assert len(client.search_runs([straight.info.experiment_id])) == 2
+    assert len(client.search_runs([straight.info.experiment_id], "tags.workflow = 'training'")) == 2
     assert interrupted.info.status == straight.info.status == "FINISHED"
     assert interrupted.data.tags["resumes"] == "1" and "resumes" not in straight.data.tags
 
@@ -128,6 +146,7 @@ def test_an_interrupted_run_is_one_mlflow_run_that_ends_like_the_uninterrupted_o
     # what compare_runs.py shows: one row per training run, the same best at the same epoch
     out = trainings["tmp"] / "comparison"
     command = [sys.executable, "scripts/compare_runs.py", "--tracking_uri", client.tracking_uri, "--out_dir", str(out)]
+    command += ["--filter", "tags.workflow = 'training'"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with (out / "samsp_runs.csv").open() as f:
@@ -149,6 +168,18 @@ def test_the_mlflow_run_has_stable_artifacts_and_standard_tags(trainings) -> Non
         assert tags["mlflow.source.git.branch"]
     executed = client.download_artifacts(runs[1].info.run_id, "executed_config.json", str(trainings["tmp"]))
     assert json.loads(Path(executed).read_text())["max_epochs"] == EPOCHS
+
+
+def test_an_evaluation_run_is_linked_to_the_training_run_of_its_model(trainings) -> None:
+    client = MlflowClient(path_to_sqlite_uri(str(trainings["store"])))
+    (training,) = training_run_of(client, trainings["straight"])
+    (evaluation,) = client.search_runs([training.info.experiment_id], "tags.workflow = 'evaluation'")
+    tags = evaluation.data.tags
+    assert tags["training_run_id"] == tags["mlflow.parentRunId"] == training.info.run_id
+    assert tags["training_run_name"] == training.info.run_name
+    assert evaluation.data.params["checkpoint_sha256"] == training.data.tags["model_sha256"]
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"executed_config.json", "metrics_summary.json"} <= artifacts
 
 
 def test_the_logged_model_loads_back_and_predicts_what_model_pt_predicts(trainings) -> None:

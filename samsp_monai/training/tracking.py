@@ -153,7 +153,8 @@ def find_mlflow_handler(engine: Engine) -> MLFlowHandler | None:
 
 def training_run_of(client: MlflowClient, model_path: str | Path | None) -> Run | None:
     """The training run (in any experiment of `client`'s store) whose best model is the file `model_path`, found by
-    the `model_sha256` tag training runs set; the latest one if several trained the same file, None if none."""
+    the `model_sha256` tag training runs set. Of several runs that trained the same weights (a rerun of a
+    deterministic training), the one that wrote this very path, else the latest; None if none."""
     digest = file_digest(model_path)
     if digest is None:
         return None
@@ -161,7 +162,8 @@ def training_run_of(client: MlflowClient, model_path: str | Path | None) -> Run 
     runs = client.search_runs(
         experiments, f"tags.model_sha256 = '{digest}' and tags.workflow = 'training'", order_by=["start_time DESC"]
     )
-    return runs[0] if runs else None
+    here = str(Path(model_path).resolve())
+    return next((r for r in runs if r.data.tags.get("best_model_path") == here), runs[0] if runs else None)
 
 
 class MLflowRunDetails:
@@ -321,7 +323,7 @@ class MLflowRunDetails:
         best = self.best_model
         if self.run_id is None or best.best_epoch < 0:
             return
-        tags = {"best_model_path": str(best.path)}
+        tags = {"best_model_path": str(best.path.resolve())}
         if best.best_epoch != self._logged_best_epoch and (digest := file_digest(best.path)) is not None:
             tags["model_sha256"] = digest
         self._logged_best_epoch = best.best_epoch
