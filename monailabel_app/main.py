@@ -25,6 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -32,7 +33,7 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from samsp_monai.serving.consistency import self_consistency
+from samsp_monai.serving.consistency import NotScoredYet, least_consistent_image, self_consistency
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class SelfConsistencyScoring(ScoringMethod):
 
 
 class LeastConsistent(Strategy):
-    """Serve the unlabelled image whose self-consistency score is highest (unscored images last)."""
+    """Serve the unlabelled image whose self-consistency score is highest (unscored images last); before any image
+    is scored, answer with a message saying so instead of an image with a made-up score."""
 
     def __init__(self) -> None:
         super().__init__("Least self-consistent unlabelled image first (run the <model>_consistency scoring)")
@@ -88,9 +90,11 @@ class LeastConsistent(Strategy):
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
-        scores = {i: datastore.get_image_info(i).get(SCORE_KEY, -1.0) for i in images}
-        image = max(images, key=lambda i: scores[i])
-        return {"id": image, SCORE_KEY: scores[image]}
+        try:
+            image, score = least_consistent_image(images, lambda i: datastore.get_image_info(i).get(SCORE_KEY))
+        except NotScoredYet as error:  # MONAI Label answers the request with this message
+            raise MONAILabelException(MONAILabelError.APP_ERROR, str(error)) from error
+        return {"id": image, SCORE_KEY: score}
 
 
 class ReportingBundleTrainTask(BundleTrainTask):

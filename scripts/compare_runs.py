@@ -2,7 +2,7 @@
 and save it as CSV with a plot of the key metric per epoch (logic: samsp_monai.evaluation.run_comparison).
 
 Usage:
-    python scripts/compare_runs.py                                   # bundle/eval/mlruns.db, experiment samsp
+    python scripts/compare_runs.py                # bundle/eval/mlruns.db, experiment samsp -> bundle/eval/comparison/
     python scripts/compare_runs.py --tracking_uri http://127.0.0.1:5000 --out_dir comparison
     python scripts/compare_runs.py --filter "tags.workflow = 'training' and params.lora_rank = '4'"
 """
@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max_runs", type=int, default=100, help="at most this many runs, oldest first")
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="table printed to stdout")
-    parser.add_argument("--out_dir", type=Path, default=Path("."), help="where the CSV and PNG go (default .)")
+    parser.add_argument(
+        "--out_dir",
+        type=Path,
+        help="where the CSV and PNG go (default: comparison/ beside a local SQLite store, else bundle/eval/comparison)",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         sys.exit(f"error: no runs in experiment {args.experiment!r} match {args.filter!r}")
     table = comparison_table(client, runs, args.metric)
+    if args.out_dir is None:  # never the current folder: a repository checkout would collect untracked files
+        local = args.tracking_uri.startswith("sqlite:///")
+        args.out_dir = (Path(local_db).parent if local else DEFAULT_STORE.parent) / "comparison"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = args.out_dir / f"{args.experiment}_runs.csv"
     table.to_csv(csv_path, index=False)

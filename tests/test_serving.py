@@ -16,7 +16,13 @@ from monai.inferers import SliceInferer
 from monai.transforms import LoadImaged
 
 from samsp_monai import SAMSP, SAMSPError
-from samsp_monai.serving.consistency import both_passes, probability_disagreement, self_consistency
+from samsp_monai.serving.consistency import (
+    NotScoredYet,
+    both_passes,
+    least_consistent_image,
+    probability_disagreement,
+    self_consistency,
+)
 from samsp_monai.serving.serving_bundle import check_loads, inference_config, serving_metadata, train_config
 from samsp_monai.training.checkpoints import BestModelSaver
 
@@ -164,3 +170,10 @@ def test_prepare_refuses_to_overwrite_a_served_model(tmp_path):
         "image_size": 128,
         "spacing": [1.0, 1.0, 1.0],
     }
+
+
+def test_next_sample_serves_the_least_consistent_image_and_says_so_before_any_score_exists():
+    scores = {"a": 0.002, "b": None, "c": 0.008}
+    assert least_consistent_image(["a", "b", "c"], scores.get) == ("c", 0.008)  # unscored "b" is never preferred
+    with pytest.raises(NotScoredYet, match=r"none of the 2 unlabelled images has a self-consistency score yet.*random"):
+        least_consistent_image(["b", "d"], scores.get)

@@ -11,12 +11,13 @@ ranked them least consistent, and a noise-corrupted volume above its clean origi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
+from ..errors import SAMSPError
 from ..model.network import SAMSP
 
 
@@ -51,3 +52,24 @@ def self_consistency(
     with both_passes(network):
         final, first = inferer(image[None], lambda x: tuple(network(x)))
     return probability_disagreement(first, final)
+
+
+class NotScoredYet(SAMSPError):
+    """Next Sample by self-consistency was asked for before any unlabelled image had its score."""
+
+
+def least_consistent_image(images: Sequence[str], score_of: Callable[[str], float | None]) -> tuple[str, float]:
+    """The unlabelled image with the highest self-consistency score (the one the model is least sure of).
+
+    Unscored images come last. With none scored yet (the scoring still runs after start-up or a training), serving
+    an arbitrary image with a made-up score would look like a ranking; `NotScoredYet` says what to do instead.
+    """
+    scores = {image: score for image in images if (score := score_of(image)) is not None}
+    if not scores:
+        raise NotScoredYet(
+            f"none of the {len(images)} unlabelled images has a self-consistency score yet: scoring runs at start-up "
+            "and after each training (or POST /scoring/<model>_consistency); wait for it to finish, or choose the "
+            "strategy random"
+        )
+    image = max(scores, key=scores.__getitem__)
+    return image, scores[image]
