@@ -7,6 +7,7 @@ built, with every bad file listed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -116,23 +117,28 @@ def test_segmentations_of_another_model_are_not_overwritten(tmp_path):
     assert list(written) == ["hippocampus_001_seg.nii.gz"]
     run_workflow(INFERENCE, tmp_path, dataset_dir=str(inputs))  # the same model may rewrite its own results
     assert segmentations(out) == written
+    users = {"liver_seg.nrrd": b"a ground-truth label", "old_case_seg.nii.gz": b"not recorded as written by us"}
+    for name, content in users.items():
+        (out / name).write_bytes(content)
 
     second = save_model(tmp_path, seed=1)
     assert first == second  # same path, other weights
     message = user_message(run_workflow, INFERENCE, tmp_path, dataset_dir=str(inputs))
     assert f"{out} holds 1 segmentation(s) made by model {second}" in message
-    assert "pass --overwrite True to replace them" in message
-    assert segmentations(out) == written
+    assert "hippocampus_001_seg.nii.gz. Choose another --output_dir, or pass --overwrite True to remove" in message
+    assert segmentations(out) == written | users
     assert "--overwrite must be True or False" in user_message(
         run_workflow, INFERENCE, tmp_path, dataset_dir=str(inputs), overwrite="true"
     )
 
-    (out / "old_case_seg.nii.gz").write_bytes(b"from the first model")
     run_workflow(INFERENCE, tmp_path, dataset_dir=str(inputs), overwrite=True)
-    assert list(segmentations(out)) == ["hippocampus_001_seg.nii.gz"]  # the first model's leftovers are gone
-    assert segmentations(out) != written
+    now = segmentations(out)
+    assert {name: now[name] for name in users} == users  # --overwrite removed only what the tool had written
+    assert now["hippocampus_001_seg.nii.gz"] != written["hippocampus_001_seg.nii.gz"]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["model"] == str(second) and len(manifest["model_sha256"]) == 12
+    digest = hashlib.sha256(now["hippocampus_001_seg.nii.gz"]).hexdigest()
+    assert manifest["outputs"] == {"hippocampus_001_seg.nii.gz": digest}
 
 
 def test_outputs_of_unknown_origin_are_not_overwritten(tmp_path):
@@ -142,9 +148,11 @@ def test_outputs_of_unknown_origin_are_not_overwritten(tmp_path):
     shutil.copy(shared_data("msd-hippocampus") / "imagesTr/hippocampus_001.nii.gz", inputs)
     (out / "hippocampus_001_seg.nii.gz").write_bytes(b"someone else's")
     save_model(tmp_path, seed=0)
-    message = user_message(run_workflow, INFERENCE, tmp_path, dataset_dir=str(inputs))
-    assert f"made by an unknown model (no {MANIFEST})" in message
-    assert (out / "hippocampus_001_seg.nii.gz").read_bytes() == b"someone else's"
+    for overwrite in (False, True):
+        message = user_message(run_workflow, INFERENCE, tmp_path, dataset_dir=str(inputs), overwrite=overwrite)
+        assert f"{out}: 1 file(s) under this run's output names were not written by samsp-monai" in message
+        assert "hippocampus_001_seg.nii.gz. Move them away or choose another --output_dir" in message
+        assert (out / "hippocampus_001_seg.nii.gz").read_bytes() == b"someone else's"
 
 
 def test_evaluation_skips_a_case_whose_label_exceeds_the_classes(tmp_path):

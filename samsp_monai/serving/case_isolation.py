@@ -2,7 +2,8 @@
 
 `CaseReportingDataset` turns a case whose loading or checks fail into a small failure record (case and one-line
 reason) instead of an exception, so the data loader carries on. `CaseSkippingEvaluator` logs and collects
-those records without running the network on them. `report_cases` ends the run with a one-line summary of
+those records without running the network on them, and likewise a case whose segmentation could not be written
+(`output_writer.OutputWriteError`). `report_cases` ends the run with a one-line summary of
 what was written where, and raises when any case failed, so the exit status says so.
 Use with `batch_size` 1 (a failure record cannot be collated with image tensors).
 """
@@ -18,8 +19,9 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from monai.utils import optional_import
 
-from ..data.input_checks import case_name, describe_failure
-from ..errors import SAMSPError
+from ..data.input_checks import case_name, describe_failure, source_of
+from ..errors import SAMSPError, find_user_error
+from .output_writer import OutputWriteError
 
 Events, _ = optional_import("ignite.engine", name="Events")
 logger = logging.getLogger(__name__)
@@ -58,7 +60,15 @@ class CaseSkippingEvaluator(SupervisedEvaluator):
                 logger.error("skipped a case: %s", reason)
                 self.failed_cases.append((case, reason))
             return []
-        return super()._iteration(engine, batchdata)
+        try:
+            return super()._iteration(engine, batchdata)
+        except Exception as e:
+            error = find_user_error(e)
+            if not isinstance(error, OutputWriteError):
+                raise
+            logger.error("could not write a case: %s", error)
+            self.failed_cases.append((source_of(batchdata.get("image")), str(error)))
+            return []
 
 
 def report_cases(evaluator: CaseSkippingEvaluator, output_dir: str | Path, results: str = "") -> None:

@@ -73,10 +73,19 @@ class RunRecord:
 
 
 class FolderLock:
-    """An exclusive lock file holding `host pid`; a lock left by a dead process on this host is taken over."""
+    """An exclusive lock file holding `host pid`; a lock left by a dead process on this host is taken over.
 
-    def __init__(self, path: str | Path) -> None:
+    `purpose` and `hint` word the refusal: what kind of run holds the folder, and what the user can do instead.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        purpose: str = "training run",
+        hint: str = "wait for it to finish or use another --bundle_root",
+    ) -> None:
         self.path, self.held, self.made_folder = Path(path), False, False
+        self.purpose, self.hint = purpose, hint
         self.owner = f"{socket.gethostname()} {os.getpid()}"
 
     def holder(self) -> tuple[str, int] | None:
@@ -114,9 +123,8 @@ class FolderLock:
                 if not self.is_stale(holder):
                     host, pid = holder
                     raise SAMSPError(
-                        f"{self.path.parent} is in use by another training run (process {pid} on {host}, "
-                        f"lock {self.path}); wait for it to finish or use another --bundle_root. If that process "
-                        "is gone, delete the lock file."
+                        f"{self.path.parent} is in use by another {self.purpose} (process {pid} on {host}, "
+                        f"lock {self.path}); {self.hint}. If that process is gone, delete the lock file."
                     ) from None
                 logger.warning("taking over %s, left by process %s that no longer runs", self.path, holder)
                 self.path.unlink(missing_ok=True)
