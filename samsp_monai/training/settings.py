@@ -10,15 +10,14 @@ refused rather than guessed, so every boolean means one thing on the command lin
 
 from __future__ import annotations
 
-import ast
 import difflib
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..command_line import command_line_overrides, is_bundle_command
 from ..errors import SAMSPError
 from ..model.sam_factory import PATCH_SIZE, SAM_VARIANTS
 
@@ -179,39 +178,6 @@ def config_keys(path: str | Path) -> set[str]:
     return {top_level(k) for k in content} if isinstance(content, Mapping) else set()
 
 
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def command_line_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(config files, top-level override keys) of a `python -m monai.bundle run ...` command line.
-
-    MONAI's runner (python-fire) takes `--key value` and `--key=value`; `--args_file` adds the keys of that file.
-    """
-    files: list[str] = []
-    keys: list[str] = []
-    args = list(argv)
-    for i, arg in enumerate(args):
-        if not arg.startswith("--"):
-            continue
-        key, _, inline = arg[2:].partition("=")
-        value = inline if inline else (args[i + 1] if i + 1 < len(args) else "")
-        if key == "config_file":
-            parsed = _literal(value)
-            files += [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
-        elif key == "args_file":
-            args_content = json.loads(Path(value).read_text()) if value.endswith(".json") else {}
-            keys += [k for k in args_content if k != "config_file"]
-            config = args_content.get("config_file", [])
-            files += [str(f) for f in (config if isinstance(config, list) else [config])]
-        else:
-            keys.append(key.replace("-", "_"))
-    return files, keys
-
-
 def ignored_none_values(argv: Sequence[str]) -> list[str]:
     """Keys given the value `None` on the command line: MONAI's runner drops None-valued overrides silently."""
     args = list(argv)
@@ -246,7 +212,7 @@ def unknown_keys(files: Sequence[str], override_keys: Sequence[str]) -> dict[str
 def check_command_line(argv: Sequence[str] | None = None) -> None:
     """Refuse override keys the config does not define, when run as `python -m monai.bundle` (else nothing to do)."""
     argv = sys.argv if argv is None else argv
-    if not argv or Path(argv[0]).parent.name != "bundle" or Path(argv[0]).name != "__main__.py":
+    if not is_bundle_command(argv):
         return
     for key in ignored_none_values(argv[1:]):
         raise SAMSPError(
