@@ -8,7 +8,7 @@ Every image must have exactly one label and every label an image: anything unmat
 
 Layouts:
 
-- ``msd``: ``imagesTr/*.nii.gz`` paired with ``labelsTr/`` by file name (macOS ``._*`` files ignored).
+- ``msd``: ``imagesTr/*.nii.gz`` (or ``.nii``) paired with ``labelsTr/`` by case name (macOS ``._*`` files ignored).
 - ``dicom``: each direct sub-folder of the root holding DICOM files is one series (the image entry is the
   folder). Its label is the single file matching ``label_glob`` (relative to the root) after replacing
   ``{series}`` with the folder name; the default ``{series}.*`` finds ``<root>/<series>.nrrd`` etc.,
@@ -27,10 +27,11 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from monai.data import load_decathlon_datalist
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (*VOLUME_SUFFIXES, ".dcm")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MAX_LISTED = 10  # cases named in a message before "... and N more"
 
 
 class Case(NamedTuple):
@@ -73,7 +76,7 @@ class EmptyDatalistError(SAMSPError, ValueError):
 
 
 LAYOUT_HINTS = {
-    "msd": "expected imagesTr/*.nii.gz with same-named files in labelsTr/",
+    "msd": "expected imagesTr/*.nii.gz (or .nii) with same-named files in labelsTr/",
     "dicom": "expected one sub-folder of DICOM files per series, each with a label file matching --label_glob",
     "images": "expected images/ and masks/ folders of PNG/JPG/BMP/TIF files with matching names",
 }
@@ -117,12 +120,12 @@ def _strip_suffix(path: Path, suffixes: tuple[str, ...]) -> str | None:
 
 
 def msd_cases(root: Path) -> list[Case]:
-    """Medical Segmentation Decathlon layout: ``imagesTr/x.nii.gz`` <-> ``labelsTr/x.nii.gz``."""
+    """Medical Segmentation Decathlon layout: ``imagesTr/x.nii.gz`` <-> ``labelsTr/x.nii.gz`` (``.nii`` too)."""
     root = Path(root)
 
     def nifti(folder: str) -> dict[str, Path]:
-        files = [p for p in _visible_files(root / folder) if p.name.endswith(".nii.gz")]
-        return _index(files, lambda p: p.name[: -len(".nii.gz")])
+        files = [p for p in _visible_files(root / folder) if _strip_suffix(p, NIFTI_SUFFIXES) is not None]
+        return _index(files, lambda p: _strip_suffix(p, NIFTI_SUFFIXES))
 
     return _pair(nifti("imagesTr"), nifti("labelsTr"))
 
@@ -320,3 +323,34 @@ def inference_inputs(folder: str | Path) -> list[str]:
             "or DICOM series folders to segment; check --dataset_dir"
         )
     return [str(p) for p in sorted(files + series)]
+
+
+def check_splits(
+    training: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]], allow_overlap: bool = False
+) -> None:
+    """Refuse validation cases that are also training cases, unless `allow_overlap`: the best model would be chosen
+    on data it trained on, and its validation Dice would overstate it. Duplicate entries within a split (a case
+    weighted twice, or a copy-paste slip) are reported as a warning naming them."""
+    if not isinstance(allow_overlap, bool):
+        raise SAMSPError(f"--allow_overlap must be True or False (capitalised), got {allow_overlap!r}")
+
+    def images(items: Sequence[Mapping[str, Any]]) -> list[str]:
+        return [os.path.realpath(str(item["image"])) for item in items]
+
+    train, val = images(training), images(validation)
+    for split, paths in (("training", train), ("validation", val)):
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            listed = ", ".join(f"{p} ({paths.count(p)}x)" for p in repeated[:MAX_LISTED])
+            more = f" ... and {len(repeated) - MAX_LISTED} more" if len(repeated) > MAX_LISTED else ""
+            logger.warning("the %s datalist repeats %d case(s): %s%s", split, len(repeated), listed, more)
+    shared = sorted(set(train) & set(val))
+    if shared and not allow_overlap:
+        more = f" ... and {len(shared) - MAX_LISTED} more" if len(shared) > MAX_LISTED else ""
+        raise SAMSPError(
+            f"{len(shared)} of {len(set(val))} validation case(s) are also training cases: "
+            f"{', '.join(shared[:MAX_LISTED])}{more}. The best model would be chosen on data it trained on; "
+            "write a datalist with separate splits (scripts/make_datalist.py), or pass --allow_overlap True"
+        )
+    if shared:
+        logger.warning("--allow_overlap: %d validation case(s) are also training cases", len(shared))
