@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from conftest import small_samsp
 from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.engines import SupervisedEvaluator
 
 from samsp_monai.atomic import atomic_write, atomic_write_text, remove_stale_temp_files
 from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
@@ -298,3 +300,37 @@ def test_only_rank_0_writes_in_a_two_process_run(tmp_path):
     assert [log.count("saved best model") for log in logs] == [1, 0]  # only the writing rank says it saved
     assert float(torch.load(tmp_path / "model.pt", weights_only=True)["model"]["weight"]) == 0.0
     assert float(torch.load(tmp_path / "state.pt", weights_only=True)["network"]["weight"]) == 0.0
+
+
+class FixedScore(Metric):
+    """An ignite metric that reports a given score, standing for the validation Dice."""
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+        super().__init__()
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, output) -> None:
+        pass
+
+    def compute(self) -> float:
+        return self.score
+
+
+def test_the_evaluators_best_after_a_resume_is_the_runs_best_not_the_best_since_the_resume(tmp_path):
+    """MONAI's evaluator keeps its own best per process; the console's "best ... at epoch" reads it."""
+    network = torch.nn.Linear(2, 1)
+    resumed = restored_tracker(tmp_path, network, 1, 0.6)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=[{"image": torch.zeros(1, 2)}],
+        epoch_length=1,
+        network=network,
+        key_val_metric={"val_mean_dice": FixedScore(0.5)},
+    )
+    resumed.attach(evaluator)
+    evaluator.run(global_epoch=2)
+    assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (0.6, 1)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1

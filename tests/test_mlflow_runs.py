@@ -63,7 +63,9 @@ def workflow(root: Path, store: Path, data: Path, **override: object) -> ConfigW
     )
 
 
-def train(root: Path, store: Path, data: Path, crash_at: int | None = None, **override: object) -> None:
+def train(root: Path, store: Path, data: Path, crash_at: int | None = None, **override: object) -> tuple:
+    """Run the training command in-process; returns the best (value, epoch) its evaluator reports at the end (the
+    console's per-epoch "best ... at epoch" comes from there)."""
     wf = workflow(root, store, data, **override)
     if crash_at is not None:  # added to the config, so that the config is built in its usual order
         wf.parser["train#handlers"].append({"_target_": "test_mlflow_runs.CrashAt", "iteration": crash_at})
@@ -75,6 +77,8 @@ def train(root: Path, store: Path, data: Path, crash_at: int | None = None, **ov
     else:
         wf.run()
     wf.finalize()
+    state = wf.parser.get_parsed_content("validate#evaluator").state
+    return state.best_metric, state.best_metric_epoch
 
 
 def evaluate(root: Path, store: Path, data: Path) -> None:
@@ -101,11 +105,11 @@ def trainings(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("mlflow_runs")
     store, data = tmp / "mlruns.db", Path(ensure_demo_dataset(tmp / "demo_data"))
     straight, interrupted = tmp / "straight", tmp / "interrupted"
-    train(straight, store, data, registered_model_name=REGISTERED)
+    console = {"straight": train(straight, store, data, registered_model_name=REGISTERED)}
     train(interrupted, store, data, crash_at=CRASH_AT)
-    train(interrupted, store, data)
+    console["interrupted"] = train(interrupted, store, data)
     evaluate(straight, store, data)
-    return {"tmp": tmp, "store": store, "straight": straight, "interrupted": interrupted}
+    return {"tmp": tmp, "store": store, "straight": straight, "interrupted": interrupted, "console": console}
 
 
 def training_run_of(client: MlflowClient, root: Path):
@@ -135,6 +139,8 @@ def test_an_interrupted_run_is_one_mlflow_run_that_ends_like_the_uninterrupted_o
     for run in (straight, interrupted):
         assert run.data.metrics["best_val_mean_dice"] == max(dice.values())
         assert run.data.metrics["best_epoch"] == max(dice, key=dice.get)
+    best = (max(dice.values()), max(dice, key=dice.get))
+    assert trainings["console"] == {"straight": best, "interrupted": best}  # not the best since the resume
     weights = [model_weights(trainings[name] / "models" / "model.pt") for name in ("straight", "interrupted")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
