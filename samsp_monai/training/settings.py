@@ -37,6 +37,16 @@ def _refuse(key: str, problem: str, fix: str) -> SAMSPError:
     return SAMSPError(f"setting '{key}': {problem}; {fix}")
 
 
+def ruled(check: Check, rule: str) -> Check:
+    """`check` with `check.rule`, the allowed values in words, for the generated config reference."""
+    check.rule = rule  # type: ignore[attr-defined]
+    return check
+
+
+def rule_of(check: Check) -> str:
+    return getattr(check, "rule", "")
+
+
 def boolean(key: str, value: Any) -> None:
     if isinstance(value, bool):
         return
@@ -64,7 +74,8 @@ def integer(minimum: int | None = None, maximum: int | None = None, multiple_of:
                 f"e.g. {max(1, value // multiple_of) * multiple_of}",
             )
 
-    return check
+    bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}" if minimum is not None else "any"
+    return ruled(check, f"whole number {bounds}" + (f", multiple of {multiple_of}" if multiple_of > 1 else ""))
 
 
 def number(minimum: float = -math.inf, maximum: float = math.inf, above_minimum: bool = False) -> Check:
@@ -76,7 +87,9 @@ def number(minimum: float = -math.inf, maximum: float = math.inf, above_minimum:
             bounds = low if maximum == math.inf else f"{low} and <= {maximum}"
             raise _refuse(key, f"must be {bounds}, got {value}", "choose a value in that range")
 
-    return check
+    low = "" if minimum == -math.inf else f"> {minimum:g}" if above_minimum else f">= {minimum:g}"
+    high = "" if maximum == math.inf else f"<= {maximum:g}"
+    return ruled(check, " ".join(["number", " and ".join(b for b in (low, high) if b)]).strip())
 
 
 def one_of(*choices: Any) -> Check:
@@ -88,11 +101,11 @@ def one_of(*choices: Any) -> Check:
                 key, f"must be one of {list(choices)}, got {value!r}", f"{hint}write e.g. --{key} {choices[0]}"
             )
 
-    return check
+    return ruled(check, "one of " + ", ".join(f"`{c}`" for c in choices))
 
 
 def optional(check: Check) -> Check:
-    return lambda key, value: None if value is None else check(key, value)
+    return ruled(lambda key, value: None if value is None else check(key, value), f"{rule_of(check)}, or None")
 
 
 def numbers(length: int, check: Check, increasing: bool = False) -> Check:
@@ -104,7 +117,10 @@ def numbers(length: int, check: Check, increasing: bool = False) -> Check:
         if increasing and list(value) != sorted(set(value)):
             raise _refuse(key, f"must be increasing, got {value!r}", "give the lower bound first")
 
-    return check_all
+    item = rule_of(check).removeprefix("number").strip()
+    return ruled(
+        check_all, f"list of {length} numbers" + (f" ({item})" if item else "") + (", increasing" * increasing)
+    )
 
 
 def names(key: str, value: Any) -> None:
@@ -112,6 +128,8 @@ def names(key: str, value: Any) -> None:
         raise _refuse(key, f"must be a non-empty list of names, got {value!r}", f"write e.g. --{key} \"['qkv']\"")
 
 
+ruled(boolean, "`True` or `False`")
+ruled(names, "non-empty list of names")
 positive = integer(minimum=1)
 SCHEMA: dict[str, Check] = {
     "fresh": boolean,
@@ -126,7 +144,10 @@ SCHEMA: dict[str, Check] = {
     "geometry": one_of("stretch", "sam"),
     "lora_layout": one_of("qkv", "q_v"),
     "kl": one_of("forward", "reverse"),
-    "modality": lambda key, value: one_of("MR", "CT", "RGB")(key, value.upper() if isinstance(value, str) else value),
+    "modality": ruled(
+        lambda key, value: one_of("MR", "CT", "RGB")(key, value.upper() if isinstance(value, str) else value),
+        "one of `MR`, `CT`, `RGB` (any case)",
+    ),
     "in_channels": one_of(1, 3),
     "slice_axis": one_of(0, 1, 2),
     "image_size": integer(minimum=PATCH_SIZE, multiple_of=PATCH_SIZE),
@@ -156,6 +177,132 @@ SCHEMA: dict[str, Check] = {
     "spacing": optional(numbers(3, number(0.0, above_minimum=True))),
     "ct_window": numbers(2, number(), increasing=True),
 }
+
+
+# What every top-level key of train.json, inference.json and evaluate.json means, by topic: the source of
+# bundle/docs/config_reference.md (`python scripts/config_reference.py`), which adds each key's default and, from
+# SCHEMA, its allowed values. tests/test_config_reference.py checks that no key is missing and the page is current.
+MEANINGS: dict[str, dict[str, str]] = {
+    "data": {
+        "dataset_dir": "data root: datalist paths are relative to it; for inference, a folder of images/volumes/DICOM "
+        "series folders, or one such file or series folder",
+        "datalist_file": "MONAI datalist JSON (`training`/`validation` lists); write it with scripts/make_datalist.py",
+        "eval_split": "which datalist list evaluation scores (`validation` or `training`)",
+        "datalist": "the cases a run reads (built from `dataset_dir`/`datalist_file`; not set by hand)",
+        "modality": "intensity scaling: `CT` a fixed window, `MR` 0.5/99.5 percentiles per volume, `RGB` /255",
+        "ct_window": "HU window for `modality CT`, mapped to 0..1",
+        "spacing": "resample to this voxel size in mm before slicing (None: keep the data's grid)",
+        "in_channels": "image channels: 1 (grey, volumes) or 3 (RGB, 2D)",
+        "num_classes": "foreground label values 1..N (0 is background); the same for training, inference, evaluation",
+        "class_names": "name of each class (`{'1': 'liver'}`): reports, DICOM SEG segments, MONAI Label labels",
+        "slice_axis": "axis along which volumes are cut into 2D slices (2 = axial for RAS volumes)",
+        "slices_per_volume": "training slices sampled per volume and step",
+        "fg_fraction": "share of sampled training slices that show foreground (the rest show none)",
+        "cache_rate": "share of the data set cached in memory by CacheDataset",
+        "num_workers": "data loader worker processes",
+    },
+    "network": {
+        "sam_variant": "SAM size: `vit_b`/`vit_l`/`vit_h` (official), `vit_test`/`vit_demo` (small, random)",
+        "sam_checkpoint": "official SAM weights for `sam_variant` (None: random initialisation, as the demo)",
+        "image_size": "model input size in pixels (a 1024 checkpoint is adapted)",
+        "geometry": "`stretch`: resize to a square; `sam`: SAM's longest-side resize and padding (keeps aspect ratio)",
+        "encoder_training": "`lora` (frozen encoder + LoRA), `full` (train it all: from scratch), `frozen`",
+        "lora_rank": "LoRA rank",
+        "lora_alpha": "LoRA scale numerator (None: equal to the rank, scale 1)",
+        "lora_targets": "Linear layers (module-path suffixes) that get LoRA adapters",
+        "lora_layout": "`qkv`: one adapter on the fused q/k/v Linear; `q_v`: SAMed's separate q and v adapters",
+        "encoder_checkpointing": "activation checkpointing of the encoder blocks (less GPU memory, more compute)",
+        "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
+        "network": "`network_def` moved to `device`",
+    },
+    "method": {
+        "self_prompt": "SAM-SP's second pass prompted by the box of the first (False: single pass, SAMed-style)",
+        "iterations": "self-prompt passes at inference (K)",
+        "empty_box": "inference: a class whose previous mask is empty keeps it (`keep_previous`) or gets the "
+        "whole-image box (`full_image`)",
+        "empty_box_train": "the same rule in training",
+        "distill": "add the KL distillation of pass 2 into pass 1 to the loss",
+        "distill_alpha": "weight of the distillation term",
+        "kl": "KL direction: `forward` KL(teacher || student) or `reverse`",
+        "temperature": "softmax temperature of the distillation",
+        "detach_teacher": "the teacher (pass 2) learns from labels only",
+        "ce_weight": "weight of cross-entropy in the supervised loss",
+        "dice_weight": "weight of Dice in the supervised loss",
+        "gt_box_prob": "training only: probability of prompting pass 2 with the jittered ground-truth box",
+        "gt_box_jitter": "std of that box's jitter, as a fraction of the box side",
+        "gt_box_anneal_epochs": "lower `gt_box_prob` linearly to 0 over this many epochs (0: constant)",
+        "loss": "the loss component (SAMSPLoss)",
+    },
+    "training": {
+        "seed": "seed of weights, sampling and augmentation",
+        "learning_rate": "AdamW learning rate",
+        "weight_decay": "AdamW weight decay",
+        "max_epochs": "epochs of the run (a larger value continues a finished run)",
+        "val_interval": "validate every this many epochs",
+        "batch_size": "volumes (or 2D images) per training step",
+        "sw_batch_size": "slices per network call in validation and inference",
+        "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
+        "amp_enabled": "`amp` resolved for the device (not set by hand)",
+        "amp_kwargs": "autocast settings for the device (not set by hand)",
+        "fresh": "start a new run: the previous training state and best model move to models/previous/",
+        "device": "`cuda:0` when there is a GPU, else CPU",
+        "optimizer": "AdamW on the trainable parameters",
+        "lr_scheduler": "cosine schedule over `max_epochs` (paper.json: warmup + poly)",
+        "input_check": "reads every case through the load chain before training and lists all bad ones",
+        "load_transforms": "loading, checks, orientation, spacing and intensity scaling shared by every workflow",
+        "sample_transforms": "training slice sampling (RandSliced)",
+        "train": "training components: preprocessing, dataset, dataloader, handlers, trainer, state saver, resume",
+        "validate": "validation components: dataset, dataloader, postprocessing, best-model saver, evaluator",
+        "training_run": "new/resumed/fresh run decision and the training lock",
+        "settings": "the settings checked before a run, recorded in the training state and logged to MLflow",
+    },
+    "inference and evaluation": {
+        "ckpt_path": "the trained model inference and evaluation load",
+        "overwrite": "replace another model's segmentations in `output_dir`",
+        "num_overlays": "overlays/<case>.png for this many cases (inference default 0, evaluation 4)",
+        "label_dir": "inference: folder of labels named like the inputs; overlays then show the truth and the Dice",
+        "output_ext": "file type of the segmentations (`.nii.gz`; `.png` for 2D)",
+        "output_dtype": "data type of the saved label maps",
+        "output_scale": "scale label values to this maximum when saving (255 for 2D masks), None: class indices",
+        "extra_savers": "further writers of each prediction (dicom_seg.json adds the DICOM SEG writer)",
+        "preprocessing": "load transforms plus EnsureTyped",
+        "dataset": "the cases, a failing one reported and skipped",
+        "dataloader": "batch size 1, so one bad case does not take others with it",
+        "inferer": "SliceInferer along `slice_axis`",
+        "restore_geometry": "softmax, Invertd to the input's geometry, argmax",
+        "saver": "writes `<name>_seg<ext>` into `output_dir`",
+        "output_folder": "the output folder's guard: one writer, read-back check, the record of what was written",
+        "postprocessing": "restore_geometry followed by the savers",
+        "handlers": "model loading, progress lines, overlays, metrics, MLflow",
+        "evaluator": "the evaluator that runs inference/evaluation case by case",
+    },
+    "paths, runs and tracking": {
+        "bundle_root": "bundle folder: models/ and eval/ (and demo_data/) go below it",
+        "ckpt_dir": "`<bundle_root>/models`",
+        "output_dir": "training: MLflow and evaluation outputs; inference/evaluation: where results go",
+        "best_model_path": "the best model (models/model.pt)",
+        "training_state_path": "the resumable training state (models/training_state.pt)",
+        "training_lock_path": "one training per bundle_root (models/training.lock)",
+        "experiment_name": "MLflow experiment",
+        "run_name": "MLflow run name (unique per run)",
+        "tracking_uri": "MLflow store (`--tracking mlflow`): SQLite beside the outputs, or a server URL",
+        "registered_model_name": "register the best model under this name in MLflow (None: do not)",
+        "is_not_rank0": "True on the ranks of a multi-GPU run that log nothing",
+        "tracking_params": "params logged to MLflow",
+        "tracking_tags": "tags logged to MLflow",
+    },
+    "workflow": {
+        "imports": "modules the config expressions use",
+        "initialize": "checks before any work: weights, settings, data, run, outputs",
+        "training": "the steps of `run training`",
+        "run": "the steps of `run` (inference, evaluation) or `run training`",
+        "finalize": "releases the training lock",
+    },
+}
+
+
+def meaning_of(key: str) -> str | None:
+    return next((group[key] for group in MEANINGS.values() if key in group), None)
 
 
 def check_values(settings: Mapping[str, Any]) -> None:
