@@ -22,7 +22,9 @@ FROM_INFERENCE = [
 TASK_KEYS = ["imports", "class_names", "output_ext", "output_dtype", "output_scale", "extra_savers"]
 BASES = ["train.json", "inference.json"]
 ADDONS = sorted(
-    p.name for p in CONFIGS.glob("*.json") if p.name not in [*BASES, "metadata.json", "multi_gpu_train.json"]
+    p.name
+    for p in CONFIGS.glob("*.json")
+    if p.name not in [*BASES, "multi_gpu_train.json"] and not p.name.startswith("metadata")
 )
 
 

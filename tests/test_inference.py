@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, shared_data
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 CONFIGS = REPO / "bundle/configs"
@@ -89,12 +89,3 @@ def test_monai_verify_net_in_out_command():
         [sys.executable, "-m", "monai.bundle", *cmd.split()], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr
-
-
-def test_monai_verify_net_in_out_for_the_2d_switch(tmp_path):
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    meta["network_data_format"]["inputs"]["image"]["num_channels"] = 3  # RGB in
-    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 2  # background + polyp out
-    (tmp_path / "metadata.json").write_text(json.dumps(meta))
-    configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "image2d.json")]
-    verify_net_in_out(net_id="network_def", meta_file=str(tmp_path / "metadata.json"), config_file=configs, **SMALL)
