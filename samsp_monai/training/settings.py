@@ -188,6 +188,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "series folders, or one such file or series folder",
         "datalist_file": "MONAI datalist JSON (`training`/`validation` lists); write it with scripts/make_datalist.py",
         "eval_split": "which datalist list evaluation scores (`validation` or `training`)",
+        "allow_overlap": "accept validation cases that are also training cases (refused by default: the best model "
+        "would be chosen on data it trained on)",
         "datalist": "the cases a run reads (built from `dataset_dir`/`datalist_file`; not set by hand)",
         "modality": "intensity scaling: `CT` a fixed window, `MR` 0.5/99.5 percentiles per volume, `RGB` /255",
         "ct_window": "HU window for `modality CT`, mapped to 0..1",
