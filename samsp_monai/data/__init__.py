@@ -6,6 +6,7 @@ from . import (
     dicom_seg,
     dicom_series,
     input_checks,
+    masks,
     seg_writer,
     transforms,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "dicom_seg",
     "dicom_series",
     "input_checks",
+    "masks",
     "seg_writer",
     "transforms",
 ]
