@@ -92,7 +92,8 @@ def test_demo_training_command_end_to_end_and_resume(tmp_path):
     ]  # one progress line per epoch, with that epoch's validation
     assert "best validation val_mean_dice:" in result.stdout
     assert (tmp_path / "models/model.pt").is_file() and (tmp_path / "models/training_state.pt").is_file()
-    assert (tmp_path / "demo_data/datalist.json").is_file()
+    assert (REPO / "bundle/demo_data/datalist.json").is_file()  # the bundle's one copy, whatever the bundle_root
+    assert not (tmp_path / "demo_data").exists()
 
     resumed = _bundle("--config_file", DEMO, "--bundle_root", str(tmp_path), "--max_epochs", "4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -59,6 +59,8 @@ if args[:3] == ["-m", "monai.bundle", "run"]:
             settings["sam_checkpoint"] = "$None"  # MONAI's runner drops a plain None
     if training:
         settings |= {{"max_epochs": "1", "slices_per_volume": "2"}}
+    if demo and "demo_data_dir" not in given:
+        settings["demo_data_dir"] = {root!r} + "/demo_data"
     if "bundle_root" not in given:
         settings["bundle_root"] = {root!r}
         if training:

@@ -100,7 +100,8 @@ def test_two_demo_trainings_land_in_mlflow_and_compare(mlflow_server: str, tmp_p
         run = by_setting[sp]
         run_id, params = run.info.run_id, run.data.params
         assert run.info.status == "FINISHED" and run.info.run_name.startswith("samsp-")
-        assert params["dataset_dir"] == str(tmp_path / name / "demo_data") and params["sam_variant"] == "vit_demo"
+        # one copy of the demo data for the bundle, whatever the bundle_root: both runs name the same data
+        assert params["dataset_dir"] == str(REPO / "bundle" / "demo_data") and params["sam_variant"] == "vit_demo"
         assert params["max_epochs"] == str(EPOCHS) and params["slices_per_volume"] == "2"
         assert params["loss_terms"] == ("dice+ce+kl" if sp == "True" else "dice+ce")
         assert {"lora_rank", "distill_alpha", "optimizer", "learning_rate", "batch_size", "seed"} <= set(params)

@@ -98,8 +98,8 @@ def server(tmp_path_factory):
         shutil.copy(msd / f"imagesTr/{name}.nii.gz", studies)
         shutil.copy(msd / f"labelsTr/{name}.nii.gz", studies / "labels/final")
     shutil.copy(msd / f"imagesTr/{UNLABELLED_REAL}.nii.gz", studies)
-    demo = nib.load(demo_root / f"demo_data/imagesTr/{DEMO_CASE}.nii.gz")
-    shutil.copy(demo_root / f"demo_data/imagesTr/{DEMO_CASE}.nii.gz", studies)
+    demo = nib.load(CONFIGS.parent / f"demo_data/imagesTr/{DEMO_CASE}.nii.gz")
+    shutil.copy(CONFIGS.parent / f"demo_data/imagesTr/{DEMO_CASE}.nii.gz", studies)
     values = np.asarray(demo.dataobj, dtype=np.float32)
     noisy = values + np.random.default_rng(0).normal(0, 0.5 * values.std(), values.shape).astype(np.float32)
     nib.save(nib.Nifti1Image(noisy, demo.affine), studies / f"{DEMO_CASE}_noisy.nii.gz")
@@ -208,7 +208,7 @@ def test_scoring_ranks_a_badly_segmented_volume_above_a_well_segmented_one(serve
     quality = {}
     truth = {
         UNLABELLED_REAL: shared_data("msd-hippocampus") / f"labelsTr/{UNLABELLED_REAL}.nii.gz",
-        DEMO_CASE: server["demo_root"] / f"demo_data/labelsTr/{DEMO_CASE}.nii.gz",
+        DEMO_CASE: CONFIGS.parent / f"demo_data/labelsTr/{DEMO_CASE}.nii.gz",
     }
     truth[f"{DEMO_CASE}_noisy"] = truth[DEMO_CASE]
     for image_id, label_path in truth.items():

@@ -21,6 +21,7 @@ from monai.bundle import ConfigWorkflow
 
 DEMO = "['bundle/configs/train.json','bundle/configs/demo.json']"
 DEMO_CONFIGS = [str(REPO / "bundle/configs/train.json"), str(REPO / "bundle/configs/demo.json")]
+DEMO_DATA = REPO / "bundle/demo_data"  # the demo bundle's one copy of its data, whatever the bundle_root
 DEMO_NETWORK = {"sam_variant": "vit_demo", "image_size": 128, "encoder_training": "full", "sw_batch_size": 20}
 EPOCHS = 12  # held-out Dice about 0.57 (the demo reaches 0.9 by 25): enough to tell a right answer from a moved one
 MIN_DICE = 0.45
@@ -49,7 +50,7 @@ def trained_demo(tmp_path_factory):
 
 
 def validation_cases(root) -> list[dict[str, str]]:
-    return json.loads((root / "demo_data/datalist.json").read_text())["validation"]
+    return json.loads((DEMO_DATA / "datalist.json").read_text())["validation"]
 
 
 def run_config(configs: list[str], root, **overrides) -> None:
@@ -65,7 +66,7 @@ def test_inference_segments_the_held_out_volumes_in_place(trained_demo, tmp_path
     inputs.mkdir()
     cases = validation_cases(trained_demo)
     for case in cases:
-        (inputs / os.path.basename(case["image"])).symlink_to(trained_demo / "demo_data" / case["image"])
+        (inputs / os.path.basename(case["image"])).symlink_to(DEMO_DATA / case["image"])
     run_config(
         [str(REPO / "bundle/configs/inference.json")],
         tmp_path,
@@ -76,7 +77,7 @@ def test_inference_segments_the_held_out_volumes_in_place(trained_demo, tmp_path
     for case in cases:
         name = os.path.basename(case["image"]).removesuffix(".nii.gz")
         pred = np.asarray(nib.load(tmp_path / f"eval/{name}_seg.nii.gz").dataobj)
-        label = np.asarray(nib.load(trained_demo / "demo_data" / case["label"]).dataobj)
+        label = np.asarray(nib.load(DEMO_DATA / case["label"]).dataobj)
         variants = {
             "as written": pred,
             "left-right flipped": pred[::-1],
@@ -93,7 +94,7 @@ def test_inference_segments_the_held_out_volumes_in_place(trained_demo, tmp_path
 @pytest.mark.slow
 def test_evaluation_scores_agree_with_an_independent_dice_of_the_inference_output(trained_demo, tmp_path):
     configs = [str(REPO / "bundle/configs/inference.json"), str(REPO / "bundle/configs/evaluate.json")]
-    data = trained_demo / "demo_data"
+    data = DEMO_DATA
     run_config(
         configs,
         tmp_path,

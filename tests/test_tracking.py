@@ -184,6 +184,8 @@ def test_bundle_tracking_config(tmp_path: Path) -> None:
     assert parser.get_parsed_content("experiment_name") == "samsp"
     assert parser.get_parsed_content("run_name").startswith("samsp-")
     assert parser.get_parsed_content("is_not_rank0") is False
+    # the demo data: one copy for the bundle, not one per bundle_root, so runs on it name the same dataset_dir
+    assert parser.get_parsed_content("demo_data_dir") == str(REPO / "bundle" / "demo_data")
     tags = parser.get_parsed_content("tracking_tags")
     assert tags["bundle_version"] == "0.1.0" and tags["workflow"] == "training" and tags["code_revision"] != "unknown"
     override = ConfigWorkflow(
