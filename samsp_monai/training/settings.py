@@ -190,6 +190,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "eval_split": "which datalist list evaluation scores (`validation` or `training`)",
         "allow_overlap": "accept validation cases that are also training cases (refused by default: the best model "
         "would be chosen on data it trained on)",
+        "demo_data_dir": "demo.json: where the synthetic demo data is written once (`<bundle folder>/demo_data`, "
+        "shared by every bundle_root)",
         "datalist": "the cases a run reads (built from `dataset_dir`/`datalist_file`; not set by hand)",
         "modality": "intensity scaling: `CT` a fixed window, `MR` 0.5/99.5 percentiles per volume, `RGB` /255",
         "ct_window": "HU window for `modality CT`, mapped to 0..1",
@@ -279,7 +281,7 @@ MEANINGS: dict[str, dict[str, str]] = {
         "evaluator": "the evaluator that runs inference/evaluation case by case",
     },
     "paths, runs and tracking": {
-        "bundle_root": "bundle folder: models/ and eval/ (and demo_data/) go below it",
+        "bundle_root": "bundle folder: models/ and eval/ go below it",
         "ckpt_dir": "`<bundle_root>/models`",
         "output_dir": "training: MLflow and evaluation outputs; inference/evaluation: where results go",
         "best_model_path": "the best model (models/model.pt)",
