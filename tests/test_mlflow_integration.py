@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO
 from mlflow import MlflowClient
 
+BUNDLE_VERSION = json.loads((REPO / "bundle/configs/metadata.json").read_text())["version"]
 DEMO = "['bundle/configs/train.json','bundle/configs/demo.json']"
 EPOCHS = 2
 SELF_PROMPT = {"sp_on": "True", "sp_off": "False"}  # bundle root (under tmp_path) -> --self_prompt
@@ -105,7 +106,7 @@ def test_two_demo_trainings_land_in_mlflow_and_compare(mlflow_server: str, tmp_p
         assert params["max_epochs"] == str(EPOCHS) and params["slices_per_volume"] == "2"
         assert params["loss_terms"] == ("dice+ce+kl" if sp == "True" else "dice+ce")
         assert {"lora_rank", "distill_alpha", "optimizer", "learning_rate", "batch_size", "seed"} <= set(params)
-        assert run.data.tags["bundle_version"] == "0.1.0" and run.data.tags["workflow"] == "training"
+        assert run.data.tags["bundle_version"] == BUNDLE_VERSION and run.data.tags["workflow"] == "training"
         assert Path(run.data.tags["best_model_path"]) == tmp_path / name / "models" / "model.pt"
         (model,) = client.search_logged_models([experiment.experiment_id], f"source_run_id = '{run_id}'")
         assert model.name == "model" and model.status == "READY"

@@ -34,6 +34,7 @@ from samsp_monai.training.tracking import (
     unique_run_name,
 )
 
+BUNDLE_VERSION = json.loads((REPO / "bundle/configs/metadata.json").read_text())["version"]
 CONFIGS = [str(REPO / "bundle" / "configs" / name) for name in ("train.json", "demo.json")]
 
 
@@ -187,7 +188,8 @@ def test_bundle_tracking_config(tmp_path: Path) -> None:
     # the demo data: one copy for the bundle, not one per bundle_root, so runs on it name the same dataset_dir
     assert parser.get_parsed_content("demo_data_dir") == str(REPO / "bundle" / "demo_data")
     tags = parser.get_parsed_content("tracking_tags")
-    assert tags["bundle_version"] == "0.1.0" and tags["workflow"] == "training" and tags["code_revision"] != "unknown"
+    assert tags["bundle_version"] == BUNDLE_VERSION and tags["workflow"] == "training"
+    assert tags["code_revision"] != "unknown"
     override = ConfigWorkflow(
         config_file=CONFIGS,
         tracking="mlflow",
