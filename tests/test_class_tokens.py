@@ -13,7 +13,7 @@ def official_vit_test(tmp_path_factory):
     """A random vit_test state dict in the official layout: token 0 plus 3 multimask tokens, like SAM's files."""
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("ckpt") / "sam_vit_test.pth"
-    torch.save(build_sam("vit_test", 64, num_classes=3).state_dict(), path)
+    torch.save(build_sam("vit_test", 64, num_classes=1).state_dict(), path)
     return path
 
 
@@ -26,9 +26,11 @@ def test_classes_start_distinct_and_every_class_gets_pixels_and_boxes(official_v
     net = _net(official_vit_test, num_classes)
     official = torch.load(official_vit_test, weights_only=True)
     tokens = net.sam.mask_decoder.mask_tokens.weight
-    assert torch.equal(tokens, official["mask_decoder.mask_tokens.weight"][[0] * (num_classes + 1)])
+    assert torch.equal(tokens, official["mask_decoder.mask_tokens.weight"][[0, 1, 2, 3] + [0] * (num_classes - 1)])
+    assert net.sam.mask_decoder.class_tokens == [0, *range(4, num_classes + 3)]
     head0 = official["mask_decoder.output_hypernetworks_mlps.0.layers.2.weight"]
-    for head in net.sam.mask_decoder.output_hypernetworks_mlps[1:]:
+    assert torch.equal(net.sam.mask_decoder.output_hypernetworks_mlps[0].layers[2].weight, head0)  # class 1: SAM's
+    for head in net.sam.mask_decoder.output_hypernetworks_mlps[4:]:
         step = (head.layers[2].weight - head0).pow(2).mean().sqrt() / head0.pow(2).mean().sqrt()
         assert 0.005 < step < 0.02  # about 1% of the weights' RMS: still SAM's box-prompt head
     with torch.no_grad():
@@ -43,16 +45,15 @@ def test_classes_start_distinct_and_every_class_gets_pixels_and_boxes(official_v
 
 
 def test_one_class_pass_two_is_sam_predictors_box_output(official_vit_test):
-    """Pass 2 equals `SamPredictor.predict(box=..., multimask_output=False)` on the same embedding, run on the
-    same SAM. It cannot equal that call on the official 4-token SAM bit for bit: with one class the decoder has
-    2 mask tokens (token 0 and the class token, both SAM's token 0) where SAM has 4, and the output tokens
-    attend to each other in the two-way transformer, so SAM's token-0 output also depends on its tokens 1..3.
-    Two identical tokens do give identical outputs, which is why the class token reproduces token 0 here."""
+    """Pass 2 equals `SamPredictor.predict(box=..., multimask_output=False)` of the official 4-token SAM on the
+    same embedding: with one class the decoder keeps SAM's four tokens and class 1 is token 0."""
     net = _net(official_vit_test, 1, in_channels=3)
+    official = build_sam("vit_test", 64, num_classes=1)
+    official.load_state_dict(torch.load(official_vit_test, weights_only=True))
     image = (torch.rand(64, 64, 3) * 255).to(torch.uint8)
     with torch.no_grad():
         embedding = net.sam.image_encoder(net.preprocess(image.permute(2, 0, 1)[None] / 255.0))
-        predictor = SamPredictor(net.sam)
+        predictor = SamPredictor(official.eval())
         predictor.set_image(image.numpy())
         torch.testing.assert_close(predictor.features, embedding, rtol=1e-4, atol=1e-4)
         predictor.features = embedding

@@ -124,7 +124,7 @@ def test_a_class_refined_from_its_ground_truth_box_is_no_longer_empty():
         pe = net.sam.prompt_encoder.get_dense_pe()
         for c, box in enumerate([[12.0, 8, 35, 23], [30.0, 40, 59, 49]]):
             sparse, dense = net.sam.prompt_encoder(points=None, boxes=torch.tensor([box]), masks=None)
-            expected = net.sam.mask_decoder(embedding, pe, sparse, dense, multimask_output=True)[0][0, c]
+            expected = net.sam.mask_decoder.class_logits(embedding, pe, sparse, dense)[0, c]
             torch.testing.assert_close(refined[0, c], expected, rtol=1e-4, atol=1e-4)
             assert (refined[0, c] - previous[0, c]).abs().max() > 1e-2
 

@@ -194,7 +194,7 @@ def test_each_class_is_refined_by_its_own_box():
         by_box = []
         for box in boxes:
             sparse, dense = net.sam.prompt_encoder(points=None, boxes=box[None], masks=None)
-            by_box.append(net.sam.mask_decoder(embedding, pe, sparse, dense, multimask_output=True)[0][0])
+            by_box.append(net.sam.mask_decoder.class_logits(embedding, pe, sparse, dense)[0])
     for c in range(num_classes):
         torch.testing.assert_close(out.final[0, c + 1], by_box[c][c], rtol=1e-4, atol=1e-4)
         other = by_box[(c + 1) % num_classes][c]  # token c with another class's box: clearly outside tolerance

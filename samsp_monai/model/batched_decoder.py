@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from segment_anything.modeling import MaskDecoder
-from torch import Tensor
+from torch import Tensor, nn
+
+SAM_MASK_TOKENS = 4  # SAM's single-mask token 0 (its output for unambiguous prompts such as boxes) + 3 multimask
 
 
 class BatchedMaskDecoder(MaskDecoder):
@@ -15,7 +17,28 @@ class BatchedMaskDecoder(MaskDecoder):
     rows meet `B` images as `R / B` consecutive rows per image (one image: every row, exactly as upstream),
     and a single prompt row is shared by all images (the prompt-free pass). The parameters, and so the
     state-dict keys of official checkpoints, are those of `MaskDecoder`.
+
+    Classes: SAM's four mask tokens are kept as they are, and each class after the first gets one more token
+    behind them. Class 1 is SAM's token 0, class c >= 2 is token 2 + c (`class_tokens`), so with one class the
+    decoder is SAM's own, token for token: the output tokens attend to each other in the two-way transformer,
+    so dropping or duplicating any of SAM's tokens would change even token 0's box output.
     """
+
+    def __init__(self, *, num_classes: int, transformer: nn.Module, transformer_dim: int, **kwargs) -> None:
+        super().__init__(
+            num_multimask_outputs=SAM_MASK_TOKENS - 2 + num_classes,
+            transformer=transformer,
+            transformer_dim=transformer_dim,
+            **kwargs,
+        )
+        self.class_tokens = [0, *range(SAM_MASK_TOKENS, SAM_MASK_TOKENS + num_classes - 1)]
+
+    def class_logits(
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor, dense_prompt_embeddings: Tensor
+    ) -> Tensor:
+        """Low-resolution logits (rows, num_classes, h, w): the mask of each class token."""
+        masks, _ = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        return masks[:, self.class_tokens]
 
     def predict_masks(
         self,

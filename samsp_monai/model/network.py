@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
-from .geometry import GEOMETRIES, Geometry, from_model_frame, to_model_frame
+from .embedding_cache import EmbeddingCache
+from .geometry import GEOMETRIES, Geometry, content_shape, from_model_frame, to_model_frame
+from .lite_medsam import LITE_MEDSAM
 from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
 from .sam_factory import build_sam, load_sam_checkpoint
 
@@ -35,8 +37,8 @@ class SAMSP(nn.Module):
 
     Input: (B, 1 or 3, H, W) intensities scaled to [0, 1]; they are brought to `img_size` x `img_size` as
     `geometry` says (`stretch`, or SAM's longest-side resize and padding, see `geometry.py`), grey images are
-    replicated to RGB, and the result is normalised with SAM's own pixel statistics, so pretrained patch
-    embeddings see the range they were trained on. Output: (B, num_classes + 1, H, W) class logits whose
+    replicated to RGB, and the result is normalised as the pretrained encoder was trained: SAM's own pixel
+    statistics, or for `lite_medsam` LiteMedSAM's per-image min-max to [0, 1] (padding stays 0). Output: (B, num_classes + 1, H, W) class logits whose
     background logit is fixed at 0, so softmax gives per-pixel class probabilities (for one class it equals
     a sigmoid) and argmax gives the label map. In training with self-prompting it returns
     `SAMSPOutput(final, first)`.
@@ -51,6 +53,9 @@ class SAMSP(nn.Module):
     In training, `empty_prompts` holds the (B, N) flags of the y0 masks that were empty (logged per epoch
     by `prompt_stats.EmptyPromptShare`).
     `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
+    `embedding_cache` (a folder) keeps the image embeddings of a frozen encoder (`embedding_cache.py`): with
+    `encoder_training="frozen"` each distinct input is encoded once, across epochs, runs and processes. It is
+    bypassed while any encoder weight is trainable, and is no network setting (not in `network_args`).
 
     `dropout` drops whole channels of the image embedding in train mode only (Monte Carlo dropout: MONAI Label's
     epistemic scoring builds the network with it and runs it in train mode). `train_output="final"` returns the
@@ -87,8 +92,9 @@ class SAMSP(nn.Module):
         train_output: TrainOutput = "pair",
         gt_box_prob: float = 0.0,
         gt_box_jitter: float = 0.1,
+        embedding_cache: str | Path | None = None,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint")}
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint", "embedding_cache")}
         super().__init__()
         self.network_args = {
             k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in args.items()
@@ -117,6 +123,8 @@ class SAMSP(nn.Module):
         if not 0.0 <= gt_box_prob <= 1.0 or gt_box_jitter < 0:
             raise SAMSPError(f"need 0 <= gt_box_prob <= 1 and gt_box_jitter >= 0, got {gt_box_prob}, {gt_box_jitter}")
         self.gt_box_prob, self.gt_box_jitter = gt_box_prob, gt_box_jitter
+        self.minmax_input = variant == LITE_MEDSAM
+        self.embedding_cache = EmbeddingCache(embedding_cache) if embedding_cache is not None else None
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
@@ -128,7 +136,7 @@ class SAMSP(nn.Module):
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor | SAMSPOutput:
         size = x.shape[-2:]
-        embeddings = self.embedding_dropout(self.sam.image_encoder(self.preprocess(x)))
+        embeddings = self.embedding_dropout(self.encode(self.preprocess(x)))
         first = self.decode(embeddings)
         logits = first
         passes = (1 if self.training else self.iterations) if self.self_prompt else 0
@@ -141,35 +149,50 @@ class SAMSP(nn.Module):
         return final
 
     def preprocess(self, x: Tensor) -> Tensor:
-        """[0, 1] intensities of any size -> SAM's normalised RGB at img_size."""
+        """[0, 1] intensities of any size -> the encoder's normalised RGB at img_size."""
+        size = x.shape[-2:]
         x = to_model_frame(x, self.img_size, self.geometry)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.minmax_input:
+            return minmax_content(x, content_shape(size, self.img_size, self.geometry))
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Image embeddings of preprocessed inputs, from the embedding cache where one is set and the encoder frozen."""
+        encoder = self.sam.image_encoder
+        if self.embedding_cache is None or any(p.requires_grad for p in encoder.parameters()):
+            return encoder(x)
+        return self.embedding_cache(encoder, x)
 
     def decode(self, embeddings: Tensor, previous: Tensor | None = None, target: Tensor | None = None) -> Tensor:
         """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous` (some
         replaced by the jittered ground-truth boxes of the label map `target`, see `gt_box_prob`)."""
-        pe = self.sam.prompt_encoder.get_dense_pe()
         if previous is None:
             # One prompt row shared by the B images: the no-prompt case.
+            pe = self.sam.prompt_encoder.get_dense_pe()
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
-            return self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
+            return self.sam.mask_decoder.class_logits(embeddings, pe, sparse, dense)
         scale = self.img_size // previous.shape[-1]
         boxes, empty = masks_to_boxes(self.labels(previous), scale)
         if self.training:
             self.empty_prompts = empty.detach()
         if target is not None:
             boxes, empty = self.mix_in_gt_boxes(boxes, empty, target)
-        # One decoder call for all B images x N class boxes: row (b, c) attends to image b, and the mask of
-        # class c is token c of its box row.
-        b, n = boxes.shape[:2]
-        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
-        rows = self.sam.mask_decoder(embeddings, pe, sparse, dense, multimask_output=True)[0]
-        refined = rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+        refined = self.decode_boxes(embeddings, boxes)
         if (self.empty_box_train if self.training else self.empty_box) == "keep_previous":
             refined = torch.where(empty[..., None, None], previous, refined)
         return refined
+
+    def decode_boxes(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
+        """Low-resolution logits (B, N, h, w) of class c prompted by box (b, c) of `boxes` (B, N, 4), given in the
+        encoder's input pixels (x0, y0, x1, y1): one decoder call, row (b, c) attends to image b, and the mask of
+        class c is token c of its box row."""
+        pe = self.sam.prompt_encoder.get_dense_pe()
+        b, n = boxes.shape[:2]
+        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
+        rows = self.sam.mask_decoder.class_logits(embeddings, pe, sparse, dense)
+        return rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
 
     def mix_in_gt_boxes(self, boxes: Tensor, empty: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
@@ -195,6 +218,17 @@ class SAMSP(nn.Module):
         float32 whatever the autocast dtype, so losses, softmax and thresholds never see bf16/fp16 logits.
         """
         return with_background(from_model_frame(logits.float(), size, self.img_size, self.geometry))
+
+
+def minmax_content(x: Tensor, content: Sequence[int]) -> Tensor:
+    """LiteMedSAM's intensity scaling: each image's content (the top-left `content` (h, w) of the padded input)
+    min-max scaled to [0, 1] over all channels, the padding kept at 0."""
+    h, w = content
+    inside = torch.zeros_like(x[:1, :1])
+    inside[..., :h, :w] = 1
+    lo = x[..., :h, :w].amin(dim=(1, 2, 3), keepdim=True)
+    hi = x[..., :h, :w].amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-8) * inside
 
 
 def with_background(logits: Tensor) -> Tensor:

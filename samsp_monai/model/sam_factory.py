@@ -12,8 +12,16 @@ import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import SAMSPError
-from .batched_decoder import BatchedMaskDecoder
+from .batched_decoder import SAM_MASK_TOKENS, BatchedMaskDecoder
 from .image_encoder import CheckpointingImageEncoderViT
+from .lite_medsam import (
+    LITE_MEDSAM,
+    LITE_MEDSAM_EMBEDDING_GRID,
+    LITE_MEDSAM_IMG_SIZE,
+    build_lite_medsam_encoder,
+    is_lite_medsam_state,
+    lite_medsam_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +35,23 @@ CHECKPOINT_HELP = (
 
 
 @dataclass(frozen=True)
+class DecoderSpec:
+    """Sizes of the prompt encoder and mask decoder; SAM's (and LiteMedSAM's) are the defaults."""
+
+    prompt_dim: int = 256
+    mlp_dim: int = 2048
+    heads: int = 8
+
+
+@dataclass(frozen=True)
 class SamSpec:
-    """Sizes of one SAM variant; the official ones match segment_anything.build_sam."""
+    """Sizes of one SAM ViT variant; the official ones match segment_anything.build_sam."""
 
     embed_dim: int
     depth: int
     num_heads: int
     global_attn_indexes: tuple[int, ...]
-    prompt_dim: int = 256
-    decoder_mlp_dim: int = 2048
-    decoder_heads: int = 8
+    decoder: DecoderSpec = DecoderSpec()
     window_size: int = 14
 
 
@@ -45,9 +60,11 @@ SAM_VARIANTS: dict[str, SamSpec] = {
     "vit_l": SamSpec(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamSpec(1280, 32, 16, (7, 15, 23, 31)),
     # Small random-weight variants from the same classes: unit tests and the CPU demo.
-    "vit_test": SamSpec(32, 2, 2, (1,), prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, window_size=4),
-    "vit_demo": SamSpec(96, 4, 3, (1, 3), prompt_dim=64, decoder_mlp_dim=128, decoder_heads=4, window_size=4),
+    "vit_test": SamSpec(32, 2, 2, (1,), DecoderSpec(32, 64, 2), window_size=4),
+    "vit_demo": SamSpec(96, 4, 3, (1, 3), DecoderSpec(64, 128, 4), window_size=4),
 }
+# The pretrained medical SAM that installs with its weights (`lite_medsam.py`): a TinyViT encoder, SAM's decoder.
+VARIANTS = (*SAM_VARIANTS, LITE_MEDSAM)
 
 
 class CheckpointError(SAMSPError, ValueError):
@@ -59,16 +76,19 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
 
     The decoder gets `num_classes` multimask outputs; token 0 (SAM's single-mask token) is unused. It is a
     `BatchedMaskDecoder`, so a batch of images with their own prompts runs as one call, and the encoder a
-    `CheckpointingImageEncoderViT` (checkpointing off until its `checkpointing` flag is set).
+    `CheckpointingImageEncoderViT` (checkpointing off until its `checkpointing` flag is set), or for
+    `lite_medsam` LiteMedSAM's TinyViT (256 px only: its attention biases are made for that size).
     """
-    if variant not in SAM_VARIANTS:
-        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_VARIANTS)}")
-    if img_size % PATCH_SIZE:
-        raise ValueError(f"img_size must be a multiple of {PATCH_SIZE}, got {img_size}")
-    spec = SAM_VARIANTS[variant]
-    grid = img_size // PATCH_SIZE
-    return Sam(
-        image_encoder=CheckpointingImageEncoderViT(
+    if variant == LITE_MEDSAM:
+        if img_size != LITE_MEDSAM_IMG_SIZE:
+            raise SAMSPError(f"sam_variant 'lite_medsam' takes image_size {LITE_MEDSAM_IMG_SIZE} only, got {img_size}")
+        decoder, encoder, grid = DecoderSpec(), build_lite_medsam_encoder(), LITE_MEDSAM_EMBEDDING_GRID
+    elif variant in SAM_VARIANTS:
+        if img_size % PATCH_SIZE:
+            raise ValueError(f"img_size must be a multiple of {PATCH_SIZE}, got {img_size}")
+        spec, grid = SAM_VARIANTS[variant], img_size // PATCH_SIZE
+        decoder = spec.decoder
+        encoder = CheckpointingImageEncoderViT(
             depth=spec.depth,
             embed_dim=spec.embed_dim,
             img_size=img_size,
@@ -80,26 +100,39 @@ def build_sam(variant: str = "vit_b", img_size: int = 1024, num_classes: int = 1
             use_rel_pos=True,
             global_attn_indexes=spec.global_attn_indexes,
             window_size=spec.window_size,
-            out_chans=spec.prompt_dim,
-        ),
+            out_chans=decoder.prompt_dim,
+        )
+    else:
+        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
-            embed_dim=spec.prompt_dim,
+            embed_dim=decoder.prompt_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(img_size, img_size),
             mask_in_chans=16,
         ),
         mask_decoder=BatchedMaskDecoder(
-            num_multimask_outputs=num_classes,
+            num_classes=num_classes,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=spec.prompt_dim, mlp_dim=spec.decoder_mlp_dim, num_heads=spec.decoder_heads
+                depth=2, embedding_dim=decoder.prompt_dim, mlp_dim=decoder.mlp_dim, num_heads=decoder.heads
             ),
-            transformer_dim=spec.prompt_dim,
+            transformer_dim=decoder.prompt_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=spec.prompt_dim,
+            iou_head_hidden_dim=decoder.prompt_dim,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+
+
+def default_checkpoint(variant: str, ckpt_dir: str | Path) -> str | None:
+    """The weights a variant starts from when the config names none: LiteMedSAM's come with its package; the
+    official SAM files are expected in `ckpt_dir` under their release names; the test/demo variants have none."""
+    if variant == LITE_MEDSAM:
+        return str(lite_medsam_checkpoint())
+    release = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+    return str(Path(ckpt_dir) / release[variant]) if variant in release else None
 
 
 class CheckpointMissingError(CheckpointError, FileNotFoundError):
@@ -122,7 +155,8 @@ def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str) -> None:
     """Load an official SAM state dict (e.g. sam_vit_b_01ec64.pth) into `sam`, adapting it to its size.
 
     Absolute and relative position embeddings are interpolated to the model's input size (as SAMed does);
-    every class token starts from SAM's single-mask token. Anything else that differs is an error.
+    SAM's mask tokens are kept and each class after the first gets a copy of its single-mask token
+    (`_adapt_class_tokens`). Anything else that differs is an error.
     """
     path = Path(path)
     require_checkpoint(path)
@@ -165,40 +199,46 @@ def _adapt_positions(state: dict[str, torch.Tensor], target: dict[str, torch.Ten
 
 
 def _adapt_class_tokens(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Start every mask token (and its hypernetwork MLP and IoU row) from SAM's single-mask token 0.
+    """Keep SAM's four mask tokens and start each further class token (with its hypernetwork MLP and IoU row)
+    from SAM's single-mask token 0 (`BatchedMaskDecoder.class_tokens`).
 
-    Token 0 is the output SAM trains for unambiguous prompts such as boxes, the prompt SAM-SP gives itself.
-    With two or more classes their heads are then moved apart slightly (`_spread_class_heads`).
+    Token 0 is the output SAM trains for unambiguous prompts such as boxes, the prompt SAM-SP gives itself; it
+    is class 1's token. The heads of classes 2..N are then moved apart slightly (`_spread_class_heads`).
     """
     tokens = "mask_decoder.mask_tokens.weight"
-    if tokens not in state or tokens not in target:
+    if tokens not in state or tokens not in target or state[tokens].shape[0] != SAM_MASK_TOKENS:
         return state
     n_tokens = target[tokens].shape[0]
-    state[tokens] = state[tokens][[0] * n_tokens]
+    rows = list(range(SAM_MASK_TOKENS)) + [0] * (n_tokens - SAM_MASK_TOKENS)
+    state[tokens] = state[tokens][rows]
     mlp_prefix = "mask_decoder.output_hypernetworks_mlps."
-    token0 = {k[len(mlp_prefix) + 2 :]: v for k, v in state.items() if k.startswith(mlp_prefix + "0.")}
+    mlps = {k[len(mlp_prefix) :]: v for k, v in state.items() if k.startswith(mlp_prefix)}
     state = {k: v for k, v in state.items() if not k.startswith(mlp_prefix)}
-    state.update({f"{mlp_prefix}{i}.{name}": v for i in range(n_tokens) for name, v in token0.items()})
-    last = max((name for name in token0 if name.endswith(".weight")), key=lambda name: int(name.split(".")[1]))
-    state = _spread_class_heads(state, [f"{mlp_prefix}{i}.{last}" for i in range(1, n_tokens)])
+    for i, source in enumerate(rows):
+        state.update({f"{mlp_prefix}{i}.{k[len(f'{source}.') :]}": v for k, v in mlps.items() if k.startswith(f"{source}.")})
+    last = max((k.split(".", 1)[1] for k in mlps if k.startswith("0.") and k.endswith(".weight")), key=_layer_index)
+    state = _spread_class_heads(state, [f"{mlp_prefix}{i}.{last}" for i in range(SAM_MASK_TOKENS, n_tokens)])
     iou_out = max(k for k in target if k.startswith("mask_decoder.iou_prediction_head.layers.")).rsplit(".", 1)[0]
     for suffix in (".weight", ".bias"):
         if iou_out + suffix in state:
-            state[iou_out + suffix] = state[iou_out + suffix][[0] * n_tokens]
+            state[iou_out + suffix] = state[iou_out + suffix][rows]
     return state
 
 
-def _spread_class_heads(state: dict[str, torch.Tensor], head_weights: list[str]) -> dict[str, torch.Tensor]:
-    """Break the tie between N >= 2 classes that all start as copies of SAM's token 0.
+def _layer_index(name: str) -> int:
+    """2 of 'layers.2.weight'."""
+    return int(name.split(".")[1])
 
-    Identical class heads give bit-identical logits for every class, so the argmax tie sends every pixel to
-    class 1 and class 2 never gets a box. Each class's last hypernetwork layer (the one that turns its token
+
+def _spread_class_heads(state: dict[str, torch.Tensor], head_weights: list[str]) -> dict[str, torch.Tensor]:
+    """Break the tie between the classes 2..N whose tokens start as copies of SAM's token 0 (class 1's).
+
+    Identical class heads give bit-identical logits, so the argmax tie sends every pixel to the lowest class
+    and the others never get a box. Each copied class's last hypernetwork layer (the one that turns its token
     into mask weights, so the change reaches the logits unattenuated) gets its own seeded Gaussian step of
     `CLASS_HEAD_SPREAD` of the weights' RMS: classes differ by about that share of the logits from the first
-    forward on, and each stays that close to SAM's box-prompt output. One class has no tie and stays exact.
+    forward on, and each stays that close to SAM's box-prompt output. Class 1 is SAM's token 0, unchanged.
     """
-    if len(head_weights) < 2:
-        return state
     generator = torch.Generator().manual_seed(0)
     for key in head_weights:
         weight = state[key]
@@ -211,6 +251,8 @@ def _guess_variant(state: dict[str, torch.Tensor]) -> str:
     """A hint such as ', the file looks like vit_h', from the encoder width and depth."""
     width = state.get("image_encoder.patch_embed.proj.weight")
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    if is_lite_medsam_state(set(state)):
+        return ", the file looks like LiteMedSAM (sam_variant lite_medsam)"
     for name, spec in SAM_VARIANTS.items():
         if width is not None and width.shape[0] == spec.embed_dim and depth == spec.depth:
             return f", the file looks like {name}"

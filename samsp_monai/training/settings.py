@@ -19,7 +19,7 @@ from typing import Any
 
 from ..command_line import command_line_overrides, is_bundle_command
 from ..errors import SAMSPError
-from ..model.sam_factory import PATCH_SIZE, SAM_VARIANTS
+from ..model.sam_factory import PATCH_SIZE, VARIANTS
 
 Check = Callable[[str, Any], None]
 
@@ -137,7 +137,7 @@ SCHEMA: dict[str, Check] = {
     "distill": boolean,
     "detach_teacher": boolean,
     "encoder_checkpointing": boolean,
-    "sam_variant": one_of(*SAM_VARIANTS),
+    "sam_variant": one_of(*VARIANTS),
     "encoder_training": one_of("lora", "full", "frozen"),
     "empty_box": one_of("keep_previous", "full_image"),
     "empty_box_train": one_of("keep_previous", "full_image"),
