@@ -51,6 +51,7 @@ def _box(rect, n_img: int = 64, low: int = 16) -> list[float]:
 def test_one_call_equals_segment_anything_per_image_loop(n, rule):
     net = small_samsp(num_classes=n, empty_box=rule).eval()
     plain = _plain_decoder(net)
+    classes = net.sam.mask_decoder.class_tokens
     previous = _previous(n)
     with torch.no_grad():
         embeddings = net.sam.image_encoder(net.preprocess(torch.rand(2, 1, 64, 64)))
@@ -60,7 +61,7 @@ def test_one_call_equals_segment_anything_per_image_loop(n, rule):
         for b in range(2):
             boxes = torch.tensor([_box(rect) for rect in RECTS[b][:n]])
             sparse, dense = net.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-            rows = plain.predict_masks(embeddings[b : b + 1], pe, sparse, dense)[0][:, net.sam.mask_decoder.class_tokens]
+            rows = plain.predict_masks(embeddings[b : b + 1], pe, sparse, dense)[0][:, classes]
             for c in range(n):
                 absent = RECTS[b][c] is None and rule == "keep_previous"
                 expected[b, c] = previous[b, c] if absent else rows[c, c]

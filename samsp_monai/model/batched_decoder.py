@@ -33,12 +33,9 @@ class BatchedMaskDecoder(MaskDecoder):
         )
         self.class_tokens = [0, *range(SAM_MASK_TOKENS, SAM_MASK_TOKENS + num_classes - 1)]
 
-    def class_logits(
-        self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor, dense_prompt_embeddings: Tensor
-    ) -> Tensor:
+    def class_logits(self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor) -> Tensor:
         """Low-resolution logits (rows, num_classes, h, w): the mask of each class token."""
-        masks, _ = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
-        return masks[:, self.class_tokens]
+        return self.predict_masks(image_embeddings, image_pe, sparse, dense)[0][:, self.class_tokens]
 
     def predict_masks(
         self,

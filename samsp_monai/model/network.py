@@ -38,7 +38,8 @@ class SAMSP(nn.Module):
     Input: (B, 1 or 3, H, W) intensities scaled to [0, 1]; they are brought to `img_size` x `img_size` as
     `geometry` says (`stretch`, or SAM's longest-side resize and padding, see `geometry.py`), grey images are
     replicated to RGB, and the result is normalised as the pretrained encoder was trained: SAM's own pixel
-    statistics, or for `lite_medsam` LiteMedSAM's per-image min-max to [0, 1] (padding stays 0). Output: (B, num_classes + 1, H, W) class logits whose
+    statistics, or for `lite_medsam` LiteMedSAM's per-image min-max to [0, 1] (padding stays 0).
+    Output: (B, num_classes + 1, H, W) class logits whose
     background logit is fixed at 0, so softmax gives per-pixel class probabilities (for one class it equals
     a sigmoid) and argmax gives the label map. In training with self-prompting it returns
     `SAMSPOutput(final, first)`.
@@ -129,10 +130,23 @@ class SAMSP(nn.Module):
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
         self.sam.image_encoder.checkpointing = encoder_checkpointing
+        self.encoder_training = encoder_training
         adapt_encoder(
             self.sam.image_encoder, encoder_training, lora_rank, lora_alpha, lora_targets, lora_dropout, lora_layout
         )
         log_trainable(self, f"SAM-SP {variant} (encoder: {encoder_training})")
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SAMSP:
+        """Train mode, but the batch norms of an encoder whose weights are frozen (`frozen`, `lora`) keep their
+        pretrained running statistics: in train mode LiteMedSAM's TinyViT would normalise by batch statistics
+        and overwrite its running ones, silently changing the pretrained encoder (SAM's ViT has none)."""
+        super().train(mode)
+        if self.encoder_training != "full":
+            for module in self.sam.image_encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor | SAMSPOutput:
         size = x.shape[-2:]

@@ -215,7 +215,8 @@ def _adapt_class_tokens(state: dict[str, torch.Tensor], target: dict[str, torch.
     mlps = {k[len(mlp_prefix) :]: v for k, v in state.items() if k.startswith(mlp_prefix)}
     state = {k: v for k, v in state.items() if not k.startswith(mlp_prefix)}
     for i, source in enumerate(rows):
-        state.update({f"{mlp_prefix}{i}.{k[len(f'{source}.') :]}": v for k, v in mlps.items() if k.startswith(f"{source}.")})
+        own = {k.split(".", 1)[1]: v for k, v in mlps.items() if k.split(".", 1)[0] == str(source)}
+        state.update({f"{mlp_prefix}{i}.{name}": v for name, v in own.items()})
     last = max((k.split(".", 1)[1] for k in mlps if k.startswith("0.") and k.endswith(".weight")), key=_layer_index)
     state = _spread_class_heads(state, [f"{mlp_prefix}{i}.{last}" for i in range(SAM_MASK_TOKENS, n_tokens)])
     iou_out = max(k for k in target if k.startswith("mask_decoder.iou_prediction_head.layers.")).rsplit(".", 1)[0]
