@@ -1,4 +1,4 @@
-"""The embedding cache of a frozen encoder: exact hits, misses for every change of input or weights, damage recomputed."""
+"""The embedding cache of a frozen encoder: exact hits, a miss for any change of input or weights, damage recomputed."""
 
 from __future__ import annotations
 
