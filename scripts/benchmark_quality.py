@@ -115,7 +115,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="training epochs of every arm (default: kvasir 25, hippocampus 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     parser.add_argument("--image-size", type=int, help="model input size (default: 128)")
-    parser.add_argument("--variant", default="vit_demo", help="SAM variant, random init (default vit_demo)")
+    parser.add_argument(
+        "--variant",
+        default="vit_demo",
+        help="SAM variant: vit_demo (default) and the vit_* variants train from random init; lite_medsam fine-tunes "
+        "LiteMedSAM's pretrained decoder on its frozen encoder (256 px, embeddings cached in OUT/embedding_cache)",
+    )
     parser.add_argument("--arms", nargs="+", help="arms to run (default: all of the benchmark's)")
     parser.add_argument("--max-cases", type=int, help="first N training and N validation cases only (smoke runs)")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
@@ -126,6 +131,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--publish", type=Path, help="also copy the report, not the runs, to DIR/<benchmark>/")
     parser.add_argument("--run-jobs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+# Pretrained variants: what their SAM arms change (no scratch.json: pretrained weights, frozen cached encoder).
+PRETRAINED = {"lite_medsam": {"encoder_training": "frozen", "num_workers": 0}}
+FROM_SCRATCH = "scratch.json"
+
+
+def arm_configs(configs: Sequence[str], arm: str, variant: str) -> list[str]:
+    """A pretrained variant's SAM arms train without scratch.json; the UNet always trains from scratch."""
+    keep_scratch = variant not in PRETRAINED or "network_def" in ARMS[arm]
+    return [str(CONFIGS / c) for c in configs if keep_scratch or c != FROM_SCRATCH]
 
 
 def make_datalist(bench: Benchmark, root: Path, out: Path, max_cases: int | None) -> tuple[Path, str]:
@@ -210,14 +226,17 @@ def run_benchmark(args: argparse.Namespace) -> Path:
     out = (args.out / args.benchmark).resolve()
     out.mkdir(parents=True, exist_ok=True)
     datalist, datalist_sha = make_datalist(bench, data_root, out, args.max_cases)
-    image_size, epochs = args.image_size or bench.image_size, args.epochs or bench.epochs
+    pretrained = PRETRAINED.get(args.variant)
+    image_size = args.image_size or (256 if pretrained else bench.image_size)
+    epochs = args.epochs or bench.epochs
+    cache = {"embedding_cache": str(out.parent / "embedding_cache")} if pretrained else {}
     jobs = []
     for arm in arms:
         for seed in args.seeds:
             settings = {
                 "benchmark": args.benchmark,
                 "arm": arm,
-                "overrides": ARMS[arm],
+                "overrides": ARMS[arm] if "network_def" in ARMS[arm] else ARMS[arm] | (pretrained or {}),
                 "evals": evals_of(arm),
                 "epochs": epochs,
                 "seed": seed,
@@ -232,8 +251,9 @@ def run_benchmark(args: argparse.Namespace) -> Path:
                     "bundle_root": str(root),
                     "dataset_dir": str(data_root),
                     "datalist_file": str(datalist),
-                    "train_configs": [str(CONFIGS / c) for c in bench.train_configs],
-                    "eval_configs": [str(CONFIGS / c) for c in bench.eval_configs],
+                    "train_configs": arm_configs(bench.train_configs, arm, args.variant),
+                    "eval_configs": arm_configs(bench.eval_configs, arm, args.variant),
+                    "cache": {} if "network_def" in ARMS[arm] else cache,
                 }
             )
     done = [j for j in jobs if (Path(j["bundle_root"]) / "result.json").is_file()]
@@ -303,6 +323,7 @@ def bundle_overrides(job: Mapping[str, Any]) -> dict[str, Any]:
         "datalist_file": job["datalist_file"],
         "image_size": job["image_size"],
         "sam_variant": job["variant"],
+        **job.get("cache", {}),
         **job["overrides"],
     }
 

@@ -1,0 +1,98 @@
+"""Zero-shot LiteMedSAM on Kvasir-SEG's validation split: what the pretrained model gives with no training.
+
+Two box prompts bracket the trained arms of `benchmark_quality.py --variant lite_medsam`:
+- the floor, a box around the whole image (the naive way to run a box-prompted SAM without a user);
+- the ceiling, the ground-truth box (no training, but NOT prompt-free: it needs the answer's extent).
+Scored like the trained arms: one class, LiteMedSAM's preprocessing, logits brought back to the original image
+(SAM's geometry), Dice and IoU per image in original size, averaged over images. The embeddings come from the
+same cache as the trained arms (OUT/embedding_cache), so running this before or after them costs one encoder
+pass per image in all.
+
+    python scripts/benchmark_zero_shot.py --out benchmarks/out
+
+Writes OUT/kvasir/zero_shot.json and prints one line per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from samsp_monai import SAMSP  # noqa: E402
+from samsp_monai.data.datalist import write_json_atomic  # noqa: E402
+from samsp_monai.model.geometry import content_shape  # noqa: E402
+from samsp_monai.model.lite_medsam import LITE_MEDSAM_IMG_SIZE, lite_medsam_checkpoint  # noqa: E402
+
+
+def read_case(root: Path, stem: str) -> tuple[torch.Tensor, np.ndarray]:
+    image = np.asarray(Image.open(root / "images" / f"{stem}.jpg").convert("RGB"), dtype=np.float32) / 255
+    mask = np.asarray(Image.open(root / "masks" / f"{stem}.jpg").convert("L")) > 127  # JPEG masks (NOTES.md)
+    return torch.from_numpy(image).permute(2, 0, 1)[None], mask
+
+
+def prompts(mask: np.ndarray) -> dict[str, list[float]]:
+    """Boxes (x0, y0, x1, y1) in the model's input pixels: the whole image's content and the mask's extent."""
+    h, w = content_shape(mask.shape, LITE_MEDSAM_IMG_SIZE, "sam")
+    scale = h / mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    return {
+        "whole_image_box": [0.0, 0.0, w - 1.0, h - 1.0],
+        "ground_truth_box": [
+            xs.min() * scale,
+            ys.min() * scale,
+            (xs.max() + 1) * scale - 1,
+            (ys.max() + 1) * scale - 1,
+        ],
+    }
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    overlap, total, union = (pred & truth).sum(), pred.sum() + truth.sum(), (pred | truth).sum()
+    return float(2 * overlap / total), float(overlap / union)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--max-cases", type=int, help="first N validation images only (smoke runs)")
+    args = parser.parse_args()
+    root = args.data_root / "kvasir-seg"
+    stems = (root / "val.txt").read_text().split()[: args.max_cases]
+    net = SAMSP(
+        "lite_medsam", LITE_MEDSAM_IMG_SIZE, 1, 3, lite_medsam_checkpoint(), "frozen", geometry="sam",
+        embedding_cache=args.out / "embedding_cache",
+    ).eval()  # fmt: skip
+    scores: dict[str, list[tuple[float, float]]] = {"whole_image_box": [], "ground_truth_box": []}
+    start = time.monotonic()
+    for n, stem in enumerate(stems, 1):
+        x, mask = read_case(root, stem)
+        with torch.no_grad():
+            embedding = net.encode(net.preprocess(x))
+            for name, box in prompts(mask).items():
+                logits = net.class_logits(net.decode_boxes(embedding, torch.tensor([[box]])), mask.shape)
+                scores[name].append(dice_iou(logits.argmax(1)[0].numpy() == 1, mask))
+        print(f"case {n}/{len(stems)} {stem}: {time.monotonic() - start:.0f} s", flush=True)
+    summary = {
+        name: {"dice": float(np.mean([d for d, _ in s])), "iou": float(np.mean([i for _, i in s])), "cases": len(s)}
+        for name, s in scores.items()
+    }
+    summary["seconds"] = time.monotonic() - start
+    out = args.out / "kvasir" / "zero_shot.json"
+    write_json_atomic(summary, out)
+    for name in scores:
+        print(f"zero-shot LiteMedSAM, {name}: Dice {summary[name]['dice']:.4f}, IoU {summary[name]['iou']:.4f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
