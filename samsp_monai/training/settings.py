@@ -173,7 +173,7 @@ SCHEMA: dict[str, Check] = {
     "gt_box_jitter": number(0.0),
     "gt_box_anneal_epochs": integer(minimum=0),
     "fg_fraction": number(0.0, 1.0),
-    "flip_prob": number(0.0, 1.0),
+    "augment_prob": number(0.0, 1.0),
     "cache_rate": number(0.0, 1.0),
     "spacing": optional(numbers(3, number(0.0, above_minimum=True))),
     "ct_window": numbers(2, number(), increasing=True),
