@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_data
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 
 from samsp_monai import SAMSP, SAMSPLoss, build_sam, load_sam_checkpoint
 from samsp_monai.errors import SAMSPError
 from samsp_monai.model.lite_medsam import lite_medsam_checkpoint, verify_sha256
 from samsp_monai.model.sam_factory import CheckpointError, default_checkpoint
+from samsp_monai.serving.export import export_merged, load_merged
 
 
 def kvasir_case(index: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -133,3 +135,23 @@ def test_a_two_class_network_trains_on_real_slices_with_the_frozen_encoder(tmp_p
     # TinyViT's batch norms keep their pretrained statistics in train mode, so the frozen encoder stays frozen
     assert all(torch.equal(v, encoder_before[k]) for k, v in net.sam.image_encoder.state_dict().items())
     assert (net.embedding_cache.misses, net.embedding_cache.hits) == (4, 28)  # encoded once, reused by 7 steps
+
+
+def test_lora_on_tinyvit_attention_merges_back_into_the_plain_layout(tmp_path):
+    """`lora_targets ['qkv']` adapts the 10 attention blocks of TinyViT's stages 1-3 (stage 0 is convolutional);
+    the merge export folds them into LiteMedSAM's own keys and reproduces the adapted network."""
+    args = {"variant": "lite_medsam", "img_size": 256, "num_classes": 1, "in_channels": 3, "geometry": "sam"}
+    net = SAMSP(**args, checkpoint=lite_medsam_checkpoint(), encoder_training="lora")
+    adapted = [name for name, module in net.sam.image_encoder.named_modules() if isinstance(module, LoraLayer)]
+    assert len(adapted) == 10 and all(name.endswith("attn.qkv") for name in adapted)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # an update as after training (B starts at zero)
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    export_merged(tmp_path / "model.pt", args | {"encoder_training": "lora"}, tmp_path / "merged.pt")
+    merged = load_merged(tmp_path / "merged.pt")
+    shipped = torch.load(lite_medsam_checkpoint(), weights_only=True)
+    assert set(torch.load(tmp_path / "merged.pt", weights_only=True)["sam"]) == set(shipped)
+    x, _ = kvasir_case(2)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(x), net.eval()(x), rtol=1e-3, atol=1e-3)
