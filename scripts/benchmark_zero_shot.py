@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
 sys.path.insert(0, str(REPO))
 
 from samsp_monai import SAMSP  # noqa: E402
@@ -33,10 +35,17 @@ from samsp_monai.model.geometry import content_shape  # noqa: E402
 from samsp_monai.model.lite_medsam import LITE_MEDSAM_IMG_SIZE, lite_medsam_checkpoint  # noqa: E402
 
 
-def read_case(root: Path, stem: str) -> tuple[torch.Tensor, np.ndarray]:
-    image = np.asarray(Image.open(root / "images" / f"{stem}.jpg").convert("RGB"), dtype=np.float32) / 255
-    mask = np.asarray(Image.open(root / "masks" / f"{stem}.jpg").convert("L")) > 127  # JPEG masks (NOTES.md)
-    return torch.from_numpy(image).permute(2, 0, 1)[None], mask
+def bundle_loader() -> Compose:
+    """The bundle's own 2D load chain (train.json + image2d.json), so images and masks are read, scaled and
+    oriented exactly as the trained arms see them, and the embeddings are the ones their cache holds."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "image2d.json")])
+    return Compose(parser.get_parsed_content("load_transforms"))
+
+
+def read_case(load: Compose, root: Path, stem: str) -> tuple[torch.Tensor, np.ndarray]:
+    data = load({"image": str(root / "images" / f"{stem}.jpg"), "label": str(root / "masks" / f"{stem}.jpg")})
+    return torch.as_tensor(data["image"])[None].float(), np.asarray(data["label"][0]) > 0
 
 
 def prompts(mask: np.ndarray) -> dict[str, list[float]]:
@@ -72,10 +81,11 @@ def main() -> None:
         "lite_medsam", LITE_MEDSAM_IMG_SIZE, 1, 3, lite_medsam_checkpoint(), "frozen", geometry="sam",
         embedding_cache=args.out / "embedding_cache",
     ).eval()  # fmt: skip
+    load = bundle_loader()
     scores: dict[str, list[tuple[float, float]]] = {"whole_image_box": [], "ground_truth_box": []}
     start = time.monotonic()
     for n, stem in enumerate(stems, 1):
-        x, mask = read_case(root, stem)
+        x, mask = read_case(load, root, stem)
         with torch.no_grad():
             embedding = net.encode(net.preprocess(x))
             for name, box in prompts(mask).items():
