@@ -2,8 +2,9 @@
 
 The merged file holds a plain segment_anything state dict (the keys of `Sam.state_dict()`, loadable into
 `build_sam(variant, img_size, num_classes)`) and the SAM-SP settings that rebuild the network around it.
-SAM-SP adds no parameters beyond SAM: its head is the decoder's N + 3 mask tokens (SAM's four and one more per class after the first), their hypernetwork MLPs
-and IoU rows, which live in that state dict; self-prompting, K and the empty-box rule are settings.
+SAM-SP adds no parameters beyond SAM: its head is the decoder's N + 3 mask tokens (SAM's four and one more per class
+after the first), their hypernetwork MLPs and IoU rows, which live in that state dict; self-prompting, K and the
+empty-box rule are settings.
 """
 
 from __future__ import annotations
