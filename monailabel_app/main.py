@@ -33,6 +33,7 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
+from samsp_monai.model_file import load_model
 from samsp_monai.serving.consistency import NotScoredYet, least_consistent_image, self_consistency
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,7 @@ class SelfConsistencyScoring(ScoringMethod):
         parser["bundle_root"] = self.bundle_path
         parser["device"] = device
         network = parser.get_parsed_content("network_def").to(device)
-        checkpoint = torch.load(self.model_path, map_location=device, weights_only=True)
-        network.load_state_dict(checkpoint["model"])
+        network.load_state_dict(load_model(self.model_path).state_dict)
         return network.eval(), parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:

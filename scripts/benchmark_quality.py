@@ -329,7 +329,6 @@ def bundle_overrides(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def train(job: Mapping[str, Any]) -> dict[str, Any]:
-    import torch
     from monai.bundle import ConfigWorkflow
 
     root = Path(job["bundle_root"])
@@ -341,8 +340,8 @@ def train(job: Mapping[str, Any]) -> dict[str, Any]:
         trainer, evaluator = (wf.parser.get_parsed_content(k) for k in ("train#trainer", "validate#evaluator"))
         record_epochs(job, trainer, evaluator)
         wf.run()
-        best = torch.load(root / "models" / "model.pt", weights_only=True)
-        write_json_atomic({"best_val_dice": best["val_mean_dice"], "best_epoch": best["epoch"]}, root / "trained.json")
+        best = json.loads((root / "models" / "model.json").read_text())
+        write_json_atomic({"best_val_dice": best["metric_value"], "best_epoch": best["epoch"]}, root / "trained.json")
     wf.finalize()
     trained = json.loads((root / "trained.json").read_text())
     return trained | {

@@ -1,11 +1,14 @@
 """Fold a trained SAM-SP's LoRA into its base weights and write one file that loads without peft
-(logic: samsp_monai.serving.export). The network is described by the bundle config plus `--key value` overrides, as for
-`python -m monai.bundle run`; load the result with `samsp_monai.serving.export.load_merged(path)`. With `--program`, the
-merged network is also exported with `torch.export` (dynamic batch) for deployment without samsp_monai.
+(logic: samsp_monai.serving.export). The network is rebuilt from what the model records (the model.json beside
+model.pt, or an old nested model.pt), as inference does; only a plain model.pt without a record is described by the
+bundle config plus `--key value` overrides, as for `python -m monai.bundle run` (an override that contradicts a record
+is refused). Load the result with `samsp_monai.serving.export.load_merged(path)`. With `--program`, the merged network
+is also exported with `torch.export` (dynamic batch) for deployment without samsp_monai.
 
 Usage:
     python scripts/export_merged.py                        # bundle/models/model.pt -> bundle/models/model_merged.pt
-    python scripts/export_merged.py --model run1/model.pt --out run1/merged.pt --sam_variant vit_l --lora_layout q_v
+    python scripts/export_merged.py --model run1/model.pt --out run1/merged.pt    # network from run1/model.json
+    python scripts/export_merged.py --model own.pt --sam_variant vit_l --lora_layout q_v   # a model.pt without record
     python scripts/export_merged.py --program bundle/models/model.pt2 --input_size 256 256
 """
 
@@ -21,8 +24,15 @@ import torch
 from monai.bundle import ConfigParser
 
 from samsp_monai.errors import SAMSPError
+from samsp_monai.model_file import load_model
 from samsp_monai.paths import default_bundle_root
-from samsp_monai.serving.export import export_merged, export_program, load_merged, save_program
+from samsp_monai.serving.export import (
+    export_merged,
+    export_program,
+    load_merged,
+    recorded_network_args,
+    save_program,
+)
 
 BUNDLE = Path(default_bundle_root())
 
@@ -67,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_args(argv)
     if not Path(args.model).is_file():
         raise SAMSPError(f"{args.model}: no trained model there; train first or pass --model <file>")
-    out = export_merged(args.model, network_args(args.config_file, overrides), args.out)
+    model = load_model(args.model)
+    chosen = recorded_network_args(model, network_args(args.config_file, overrides), overrides)
+    out = export_merged(model, chosen, args.out)
     written = [str(out)]
     if args.program:
         net = load_merged(out)

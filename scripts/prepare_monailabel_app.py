@@ -9,8 +9,9 @@ It writes
 - `<app>/`: the stock `monaibundle` app of the installed monailabel, with this project's thin extension as
   `main.py` (self-consistency scoring and the `least_consistent` strategy, see monailabel_app/main.py);
 - `<app>/model/<name>/`: a self-contained serving bundle, configs merged from the bundle's own plus the
-  override files the model was trained with (`--configs`), `network_def` from the model's `network_args`,
-  and the trained `models/model.pt` (see samsp_monai/serving/serving_bundle.py);
+  override files the model was trained with (`--configs`), `network_def` and the settings that change pixels
+  from the model's record (model.json), and the trained `models/model.pt` with its model.json
+  (see samsp_monai/serving/serving_bundle.py);
 and prints the `start_server` command.
 """
 
@@ -24,17 +25,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from samsp_monai.errors import SAMSPError
-from samsp_monai.serving.serving_bundle import (
-    check_loads,
-    inference_config,
-    load_trained,
-    serving_metadata,
-    train_config,
-    write_json,
-)
+from samsp_monai.model_file import load_model, save_model
+from samsp_monai.serving.serving_bundle import check_loads, inference_config, serving_metadata, train_config, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -76,11 +69,11 @@ def prepare(
         raise SAMSPError(
             f"{served} exists (it may hold a model retrained in MONAI Label); pass --overwrite to replace it"
         )
-    checkpoint = load_trained(model)
-    args = checkpoint.get("network_args", {})
-    inference = inference_config([BUNDLE / "configs/inference.json", *configs], overrides, args)
-    train = train_config([BUNDLE / "configs/train.json", *configs], overrides, args)
-    check_loads(inference, bundle, checkpoint["model"])
+    trained = load_model(model)
+    args, settings = trained.network_args or {}, trained.settings or {}
+    inference = inference_config([BUNDLE / "configs/inference.json", *configs], overrides, args, settings)
+    train = train_config([BUNDLE / "configs/train.json", *configs], overrides, args, settings)
+    check_loads(inference, bundle, trained.state_dict)
 
     shutil.copytree(stock_app(), app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.move(app / "main.py", app / "monaibundle_main.py")
@@ -93,8 +86,8 @@ def prepare(
     shutil.copy2(BUNDLE / "LICENSE", bundle / "LICENSE")
     (bundle / "docs").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUNDLE / "docs/README.md", bundle / "docs/README.md")
-    served.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**checkpoint, "network_args": args}, served)
+    details = {k: (trained.record or {}).get(k) for k in ("epoch", "metric_name", "metric_value")}
+    save_model(served, trained.state_dict, args or None, trained.settings, details)
     return bundle
 
 

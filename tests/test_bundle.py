@@ -41,9 +41,9 @@ def test_saved_checkpoints_load_strictly_and_reproduce_outputs_and_every_trackin
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), trained(x), rtol=0, atol=0)
-    best = torch.load(tmp_path / "models/model.pt", weights_only=True)
-    fresh.load_state_dict(best["model"], strict=True)
-    assert 0.0 <= best["val_mean_dice"] <= 1.0 and best["epoch"] == 1
+    fresh.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True), strict=True)
+    best = json.loads((tmp_path / "models/model.json").read_text())
+    assert best["metric_name"] == "val_mean_dice" and 0.0 <= best["metric_value"] <= 1.0 and best["epoch"] == 1
     assert state["trainer"]["iteration"] == 6 and state["best_model"]["best_epoch"] == 1
 
     client = MlflowClient(wf.parser.get_parsed_content("tracking_uri"))
@@ -120,7 +120,7 @@ def test_multi_gpu_config_trains_with_two_processes_and_saves_plain_checkpoints(
     assert result.stdout.count("best validation val_mean_dice:") == 2  # both ranks agree on the synced metric
     wf = ConfigWorkflow(config_file=CONFIGS, workflow_type="train", bundle_root=str(tmp_path))
     network = wf.parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True)["model"], strict=True)
+    network.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True), strict=True)
     state = torch.load(tmp_path / "models/training_state.pt", weights_only=True)
     network.load_state_dict(state["network"], strict=True)
     assert state["trainer"]["iteration"] == 3  # 12 training volumes, batch 2, split over 2 ranks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -16,7 +17,13 @@ from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator
 
 from samsp_monai.atomic import atomic_write, atomic_write_text, remove_stale_temp_files
+from samsp_monai.model_file import file_sha256, sidecar_path
 from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
+
+
+def recorded(model_path) -> dict:
+    """The model.json written beside `model_path`."""
+    return json.loads(sidecar_path(model_path).read_text())
 
 
 class WriteFailed(Exception):
@@ -109,8 +116,9 @@ def test_best_model_is_saved_only_when_the_metric_improves(tmp_path, caplog, cap
         with torch.no_grad():
             network.weight.fill_(epoch)  # tells which epoch's weights the file holds
         validation(saver, epoch, value)
-        best = torch.load(tmp_path / "model.pt", weights_only=True)
-        saved.append((best["epoch"], best["val_mean_dice"], float(best["model"]["weight"][0, 0])))
+        best, record = torch.load(tmp_path / "model.pt", weights_only=True), recorded(tmp_path / "model.pt")
+        saved.append((record["epoch"], record["metric_value"], float(best["weight"][0, 0])))
+        assert record["metric_name"] == "val_mean_dice" and record["model_sha256"] == file_sha256(tmp_path / "model.pt")
     assert saved == [(1, 0.3, 1.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (2, 0.5, 2.0), (5, 0.7, 5.0), (5, 0.7, 5.0)]
     assert saver.state_dict().items() >= {"best_metric": 0.7, "best_epoch": 5}.items()
     model = tmp_path / "model.pt"
@@ -132,9 +140,9 @@ def restored_tracker(tmp_path, network: torch.nn.Module, epoch: int, metric: flo
 def test_a_restored_tracker_replaces_the_best_model_only_with_a_better_one(tmp_path):
     resumed = restored_tracker(tmp_path, torch.nn.Linear(2, 1), 1, 0.6)
     validation(resumed, 2, 0.5)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+    assert recorded(tmp_path / "model.pt")["epoch"] == 1
     validation(resumed, 3, 0.65)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 3
+    assert recorded(tmp_path / "model.pt")["epoch"] == 3
     assert resumed.state_dict().items() >= {"best_metric": 0.65, "best_epoch": 3}.items()
 
 
@@ -184,7 +192,7 @@ def test_a_network_with_non_finite_weights_is_not_saved_even_without_validation(
 def test_a_resumed_run_without_validation_keeps_the_best_model_it_restored(tmp_path):
     """The restored tracker's best is the served model's own score (epoch 0): no unvalidated save replaces it."""
     path = tmp_path / "model.pt"
-    atomic_save({"model": {}, "epoch": 0}, path)
+    atomic_save({"weight": torch.zeros(1, 2)}, path)
     before = path.read_bytes()
     saver = BestModelSaver(path, torch.nn.Linear(2, 1))
     saver.load_state_dict({"best_metric": 0.7, "best_epoch": 0, "metric_name": "val_mean_dice"})
@@ -235,12 +243,14 @@ def test_a_resumed_tracker_reports_the_metric_name_it_restored(tmp_path):
 
 
 def test_a_wrapped_network_saves_the_arguments_that_rebuild_it(tmp_path):
-    """DistributedDataParallel/DataParallel hold the network as `.module`; its `network_args` still go in."""
+    """DistributedDataParallel/DataParallel hold the network as `.module`; its `network_args` still go in, and the
+    weights keep the network's own names (no `module.` prefix), so the file loads into an unwrapped network."""
     network = small_samsp(num_classes=2)
     saver = BestModelSaver(tmp_path / "model.pt", torch.nn.DataParallel(network))
     validation(saver, 1, 0.5)
-    args = torch.load(tmp_path / "model.pt", weights_only=True)["network_args"]
+    args = recorded(tmp_path / "model.pt")["network_args"]
     assert args["num_classes"] == 2 and args["variant"] == "vit_test" and args["img_size"] == 64
+    small_samsp(num_classes=2).load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
 
 
 def test_training_state_holds_every_object_after_each_epoch(tmp_path):
@@ -298,7 +308,7 @@ def test_only_rank_0_writes_in_a_two_process_run(tmp_path):
     logs = [p.communicate(timeout=300)[1].decode() for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], logs
     assert [log.count("saved best model") for log in logs] == [1, 0]  # only the writing rank says it saved
-    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["model"]["weight"]) == 0.0
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"]) == 0.0
     assert float(torch.load(tmp_path / "state.pt", weights_only=True)["network"]["weight"]) == 0.0
 
 

@@ -1,5 +1,6 @@
 """Merged export: LoRA folded into plain segment_anything weights that reproduce the adapted network."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from samsp_monai import SAMSPError, build_sam
 from samsp_monai.model.lora import merged_state_dict
+from samsp_monai.model_file import load_model, save_model
 from samsp_monai.serving.export import (
     export_merged,
     export_program,
@@ -35,8 +37,8 @@ def _trained(layout: str):
 @pytest.mark.parametrize("layout", ["qkv", "q_v"])
 def test_merged_weights_reproduce_the_adapted_network_without_adapters(layout, tmp_path):
     net = _trained(layout)
-    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
-    export_merged(tmp_path / "model.pt", ARGS | {"lora_layout": layout}, tmp_path / "merged.pt")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    export_merged(load_model(tmp_path / "model.pt"), ARGS | {"lora_layout": layout}, tmp_path / "merged.pt")
     content = torch.load(tmp_path / "merged.pt", weights_only=True)
     plain = build_sam("vit_test", 64, 2)
     plain.load_state_dict(content["sam"])  # strict: exactly segment_anything's key layout
@@ -63,7 +65,7 @@ def test_merging_never_applies_an_update_twice(tmp_path):
 
 
 def test_a_training_checkpoint_is_not_a_merged_file(tmp_path):
-    torch.save({"model": small_samsp().state_dict()}, tmp_path / "model.pt")
+    torch.save(small_samsp().state_dict(), tmp_path / "model.pt")
     with pytest.raises(SAMSPError, match="not a merged SAM-SP export"):
         load_merged(tmp_path / "model.pt")
 
@@ -80,7 +82,7 @@ def _hippocampus_slices(count: int) -> torch.Tensor:
 def test_export_script_writes_merged_weights_and_a_program_that_matches_eager(tmp_path):
     """One command: merged weights plus a torch.export program with dynamic batch (and size, for stretch)."""
     net = _trained("q_v")
-    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    torch.save(net.state_dict(), tmp_path / "model.pt")  # a plain model.pt without model.json: the overrides say
     overrides = ["--sam_variant", "vit_test", "--image_size", "64", "--lora_layout", "q_v"]
     cmd = [sys.executable, str(REPO / "scripts/export_merged.py"), "--model", str(tmp_path / "model.pt")]
     cmd += ["--out", str(tmp_path / "merged.pt"), "--program", str(tmp_path / "model.pt2"), *overrides]
@@ -114,3 +116,30 @@ def test_program_with_sam_geometry_is_fixed_to_its_input_size(tmp_path):
 def test_a_lora_network_is_not_exported():
     with pytest.raises(SAMSPError, match="merged network"):
         export_program(small_samsp(), torch.rand(1, 1, 64, 64))
+
+
+def export_script():
+    spec = importlib.util.spec_from_file_location("export_merged_script", REPO / "scripts/export_merged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_script_rebuilds_a_model_trained_with_overrides_from_its_record(tmp_path, capsys):
+    """No overrides needed (it used to fail with 183 lines of size mismatches); contradicting ones are refused."""
+    net = _trained("q_v")
+    model = tmp_path / "model.pt"
+    save_model(model, net.state_dict(), net.network_args, None, {"epoch": 1})
+    script = export_script()
+    script.main(["--model", str(model), "--out", str(tmp_path / "merged.pt")])
+    assert capsys.readouterr().out.startswith(f"merged LoRA of {model} into plain SAM weights")
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_merged(tmp_path / "merged.pt")(x), net(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(SAMSPError) as refused:
+        script.main(["--model", str(model), "--out", str(tmp_path / "again.pt"), "--image_size", "128"])
+    assert str(refused.value) == (
+        f"{model} records other network settings than the overrides given (image_size: 64 in the model, 128 given); "
+        "drop those overrides (the model's record is used) or pass --image_size 64"
+    )
+    assert not (tmp_path / "again.pt").exists()

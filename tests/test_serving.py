@@ -16,6 +16,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import LoadImaged
 
 from samsp_monai import SAMSP, SAMSPError
+from samsp_monai.model_file import load_model, save_model
 from samsp_monai.serving.consistency import (
     NotScoredYet,
     both_passes,
@@ -52,29 +53,30 @@ def test_best_model_carries_network_args_that_rebuild_it(tmp_path):
     engine = _Validator([0.5])
     saver.attach(engine)
     engine.run()
-    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
-    json.dumps(checkpoint["network_args"])  # plain values only
-    assert checkpoint["network_args"]["variant"] == "vit_test" and checkpoint["network_args"]["num_classes"] == 2
-    rebuilt = SAMSP(**checkpoint["network_args"])
-    rebuilt.load_state_dict(checkpoint["model"], strict=True)
+    args = json.loads((tmp_path / "model.json").read_text())["network_args"]
+    assert args["variant"] == "vit_test" and args["num_classes"] == 2
+    rebuilt = SAMSP(**args)
+    rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
 
 
 def test_a_retrained_model_replaces_the_served_one_only_when_better_and_keeps_it(tmp_path):
     path = tmp_path / "model.pt"
     served = small_samsp()
-    torch.save({"model": served.state_dict(), "tag": "served"}, path)
+    save_model(path, served.state_dict(), served.network_args, None, {"epoch": 9, "metric_name": None})
+    served_pair = path.read_bytes(), (tmp_path / "model.json").read_bytes()
     saver = BestModelSaver(path, small_samsp(), keep_previous=True)
     validator = _Validator([0.6, 0.4, 0.7, 0.8])
     saver.attach(validator)
     saver.score_baseline(validator)  # the served model scores 0.6
-    assert saver.best_metric == 0.6 and torch.load(path, weights_only=True)["tag"] == "served"
+    assert saver.best_metric == 0.6 and (path.read_bytes(), (tmp_path / "model.json").read_bytes()) == served_pair
     validator.run()  # 0.4: worse, nothing written
-    assert torch.load(path, weights_only=True)["tag"] == "served" and not (tmp_path / "model.prev.pt").exists()
-    validator.run()  # 0.7: replaces it, the served one is kept
-    assert torch.load(path, weights_only=True)["val_mean_dice"] == pytest.approx(0.7)
-    assert torch.load(tmp_path / "model.prev.pt", weights_only=True)["tag"] == "served"
+    assert path.read_bytes() == served_pair[0] and not (tmp_path / "model.prev.pt").exists()
+    validator.run()  # 0.7: replaces it, the served one is kept with its record (which still matches it)
+    assert load_model(path).record["metric_value"] == pytest.approx(0.7)
+    kept = (tmp_path / "model.prev.pt").read_bytes(), (tmp_path / "model.prev.json").read_bytes()
+    assert kept == served_pair and load_model(tmp_path / "model.prev.pt").record["epoch"] == 9
     validator.run()  # 0.8: a second improvement in the same run keeps the served model, not the 0.7 one
-    assert torch.load(tmp_path / "model.prev.pt", weights_only=True)["tag"] == "served"
+    assert (tmp_path / "model.prev.pt").read_bytes() == served_pair[0]
 
 
 def test_serving_configs_match_the_trained_network_without_overrides(tmp_path):

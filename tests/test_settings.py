@@ -45,6 +45,10 @@ def refusal(config_file: list[str], bundle_root, **override) -> str:
         ({"spacing": [1.0, 1.0]}, "'spacing': must be a list of 3 numbers"),
         ({"ct_window": [240, -160]}, "'ct_window': must be increasing"),
         ({"fresh": "yes"}, "'fresh': must be True or False"),
+        ({"num_classes": 3}, "'class_names': names the classes ['1', '2'], but num_classes 3 means the classes"),
+        ({"class_names": {"1": "anterior"}}, "names the classes ['1'], but num_classes 2 means the classes ['1', '2']"),
+        ({"class_names": {"0": "bg", "1": "a"}, "num_classes": 1}, "names the classes ['0', '1'], but num_classes 1"),
+        ({"class_names": ["anterior", "posterior"]}, "'class_names': must map class numbers to names"),
     ],
 )
 def test_training_refuses_a_wrong_setting_before_any_work(tmp_path, override, expected):
@@ -65,6 +69,14 @@ def test_settings_that_work_are_accepted_as_written(tmp_path):
 def test_inference_refuses_the_text_false_for_a_boolean(tmp_path):
     message = refusal([str(CONFIGS / "inference.json")], tmp_path, self_prompt="false", dataset_dir=str(tmp_path))
     assert "setting 'self_prompt': got the text 'false', which would count as true" in message
+
+
+def test_evaluation_refuses_class_names_that_do_not_fit_the_class_count(tmp_path):
+    """The issue's case: `--num_classes 3` with two class names dropped a class from the evaluation CSV silently."""
+    evaluate = [str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")]
+    message = refusal(evaluate, tmp_path, num_classes=3, dataset_dir=str(tmp_path))
+    assert "name each class 1..3 once, or set --num_classes to the number of classes named" in message
+    assert not (tmp_path / "eval").exists()
 
 
 def test_unknown_keys_of_the_command_line_and_of_a_users_override_file(tmp_path):

@@ -94,7 +94,7 @@ def test_a_finished_run_rerun_says_so_and_what_to_do(finished):
     [
         ({"learning_rate": 0.01}, "learning_rate: 0.001 in the saved run, 0.01 now"),
         ({"self_prompt": False}, "self_prompt: True in the saved run, False now"),
-        ({"num_classes": 1}, "num_classes: 2 in the saved run, 1 now"),
+        ({"num_classes": 1, "class_names": {"1": "hippocampus"}}, "num_classes: 2 in the saved run, 1 now"),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_naming_them(finished, override, named):
@@ -140,7 +140,7 @@ def test_fresh_moves_the_previous_state_aside_and_keeps_the_best_model(finished)
     assert (aside / "training_state.pt").read_bytes() == old_state
     assert (aside / "model.pt").read_bytes() == old_model
     assert state(finished)["run"]["run_id"] != old_id
-    assert torch.load(finished / "models/model.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((finished / "models/model.json").read_text())["epoch"] == 1
 
 
 def test_an_unreadable_training_state_is_refused(finished):
@@ -216,11 +216,11 @@ def test_best_model_saver_never_saves_a_non_finite_metric_or_network(tmp_path):
         evaluator.run([0], max_epochs=epoch)
         assert not (tmp_path / "model.pt").exists()
     evaluator.run([0], max_epochs=3)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["val_mean_dice"] == 0.5
+    assert json.loads((tmp_path / "model.json").read_text())["metric_value"] == 0.5
     with torch.no_grad():
         next(network.parameters()).fill_(float("nan"))
     evaluator.run([0], max_epochs=4)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["val_mean_dice"] == 0.5
+    assert json.loads((tmp_path / "model.json").read_text())["metric_value"] == 0.5
     assert (saver.best_metric, saver.best_epoch) == (0.5, 3)
 
 
@@ -234,7 +234,8 @@ def test_without_validation_cases_the_last_model_is_saved_and_the_summary_says_s
     model = tmp_path / "root/models/model.pt"
     assert f"no validation ran: saved the model of the last epoch (1) to {model}" in out
     assert "-inf" not in out and "epoch -1" not in out
-    assert torch.load(model, weights_only=True)["epoch"] == 1
+    record = json.loads((model.parent / "model.json").read_text())
+    assert record["epoch"] == 1 and record["metric_value"] is None
 
 
 def test_an_unreachable_tracking_server_fails_fast(tmp_path):

@@ -10,7 +10,7 @@ empty-box rule are settings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from ..atomic import atomic_write
 from ..errors import SAMSPError
 from ..model.lora import has_lora, merged_state_dict
 from ..model.network import SAMSP
+from ..model_file import TrainedModel, check_fits
 from ..training.checkpoints import atomic_save
+from .model_match import mismatched_settings, override
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +63,32 @@ def load_merged(path: str | Path) -> SAMSP:
     return load_merged_state(SAMSP(**content["network_args"]), content["sam"], str(path)).eval()
 
 
-def export_merged(model_path: str | Path, network_args: Mapping[str, Any], out_path: str | Path) -> Path:
-    """Read a trained `model.pt` (`{"model": state_dict}`), fold its LoRA in and write the merged file."""
+def recorded_network_args(
+    model: TrainedModel, configured: Mapping[str, Any], overridden: Collection[str] = ()
+) -> dict[str, Any]:
+    """The network arguments to rebuild `model` with: its record's (model.json, or an old nested file's), as
+    inference uses them; `configured` (the config's `network_def`) only for a plain model.pt with no record.
+    A command-line override (`overridden`: bundle keys) that contradicts the record is refused, not ignored."""
+    if not model.network_args:
+        return dict(configured)
+    contradicted = {k: v for k, v in mismatched_settings(model.network_args, configured).items() if k in overridden}
+    if contradicted:
+        listed = ", ".join(f"{key}: {was!r} in the model, {now!r} given" for key, (was, now) in contradicted.items())
+        fix = " ".join(override(key, was) for key, (was, _) in contradicted.items())
+        raise SAMSPError(
+            f"{model.path} records other network settings than the overrides given ({listed}); drop those "
+            f"overrides (the model's record is used) or pass {fix}"
+        )
+    return dict(model.network_args)
+
+
+def export_merged(model: TrainedModel, network_args: Mapping[str, Any], out_path: str | Path) -> Path:
+    """Fold the LoRA of a trained model (built with `network_args`) into its weights and write the merged file."""
     net = SAMSP(**(dict(network_args) | {"checkpoint": None}))
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
-    try:
-        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    except RuntimeError as err:
-        raise SAMSPError(f"{model_path}: does not match the network the config describes ({err})") from err
+    check_fits(model, net)
+    net.load_state_dict(model.state_dict)
     atomic_save(merged_export(net, network_args), out_path)
-    logger.info("wrote merged SAM-SP weights of %s to %s", model_path, out_path)
+    logger.info("wrote merged SAM-SP weights of %s to %s", model.path, out_path)
     return Path(out_path)
 
 

@@ -2,8 +2,9 @@
 
 MONAI Label reads `configs/inference.json` and `configs/train.json` of a bundle alone. A model trained with an
 override stack (`train.json` + `demo.json`, `--sam_variant vit_l`, ...) is served by writing those stacks out
-merged, with the network's construction arguments taken from the checkpoint (`network_args`, written by
-`BestModelSaver`), so `network_def` matches the weights whatever the user typed. The generated configs:
+merged, with the network's construction arguments and the settings that change pixels taken from the model's record
+(the model.json `BestModelSaver` writes beside model.pt), so `network_def` and the preprocessing match the weights
+whatever the user typed. The generated configs:
 
 - inference: load only `image` (MONAI Label's `LoadImaged` wrapper ignores `allow_missing_keys`), build the
   network without the base SAM checkpoint (model.pt holds every weight) and with `train_output="final"`
@@ -23,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.bundle import ConfigParser
 
 from ..atomic import atomic_write_text
@@ -41,15 +41,12 @@ def merged_config(files: Sequence[str | Path], overrides: Mapping[str, Any]) -> 
     return copy.deepcopy(parser.config)
 
 
-def load_trained(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint (`{"model": state_dict, ...}`); refused with the reason when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise SAMSPError(f"{path}: trained model not found (training writes it to <bundle_root>/models/model.pt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise SAMSPError(f"{path}: not a bundle model checkpoint (expected a dict with a 'model' state dict)")
-    return checkpoint
+def apply_recorded_settings(config: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """Set each recorded setting (model.json `settings`: modality, slice axis, class names, ...) that the config
+    defines; `ct_window`, recorded as null for a modality other than CT, keeps the config's value."""
+    for key, value in settings.items():
+        if key in config and not (key == "ct_window" and value is None):
+            config[key] = value
 
 
 def apply_network_args(config: dict[str, Any], args: Mapping[str, Any]) -> None:
@@ -85,8 +82,14 @@ def image_only_loading(config: dict[str, Any]) -> None:
     config["load_transforms"] = kept
 
 
-def inference_config(files: Sequence[str | Path], overrides: Mapping[str, Any], args: Mapping[str, Any]) -> dict:
+def inference_config(
+    files: Sequence[str | Path],
+    overrides: Mapping[str, Any],
+    args: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+) -> dict:
     config = merged_config(files, overrides)
+    apply_recorded_settings(config, settings or {})
     apply_network_args(config, args)
     config["network_def"]["train_output"] = "final"
     config["network_def"]["dropout"] = 0.0
@@ -95,8 +98,14 @@ def inference_config(files: Sequence[str | Path], overrides: Mapping[str, Any], 
     return config
 
 
-def train_config(files: Sequence[str | Path], overrides: Mapping[str, Any], args: Mapping[str, Any]) -> dict:
+def train_config(
+    files: Sequence[str | Path],
+    overrides: Mapping[str, Any],
+    args: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+) -> dict:
     config = merged_config(files, overrides)
+    apply_recorded_settings(config, settings or {})
     apply_network_args(config, args)
     config["dataset_dir"] = DATASET_DIR
     config["validate"]["best_model"]["keep_previous"] = True
@@ -159,7 +168,7 @@ def check_loads(inference: Mapping[str, Any], bundle_root: Path, state_dict: Map
     except RuntimeError as e:
         raise SAMSPError(
             f"the trained weights do not fit the network the configs describe ({e}). Pass the config files and "
-            "overrides the model was trained with (a model.pt with 'network_args' needs none of the network ones)"
+            "overrides the model was trained with (a model.pt with its model.json needs none of the network ones)"
         ) from e
 
 

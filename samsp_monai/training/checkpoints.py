@@ -14,6 +14,7 @@ from monai.engines import Workflow
 from monai.utils import min_version, optional_import
 
 from ..atomic import atomic_write
+from ..model_file import save_model, sidecar_path
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 logger = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def all_finite(network: torch.nn.Module) -> bool:
 
 
 class BestModelSaver:
-    """Attach to the evaluator: saves `{"model": state_dict, "network_args": ...}` to `path` whenever the key
-    metric improves; `network_args` lets inference rebuild the network exactly as trained.
+    """Attach to the evaluator: saves the network's plain state dict to `path` and its record to the model.json
+    beside it (`samsp_monai.model_file`) whenever the key metric improves. The record's `network_args` and
+    `settings` (the config's settings that change pixels) let inference rebuild the network and feed it as trained.
 
     A non-finite metric or a network with non-finite weights is never saved. Attached to the trainer too
     (`attach_trainer`), it saves the last epoch's model when no validation ran at all (a data set without
@@ -54,13 +56,19 @@ class BestModelSaver:
     epoch, metric name) goes into the resumable training state, so a resumed run only replaces the best model
     with a better one. For retraining a model that is being served (MONAI Label), `score_baseline` first
     validates the loaded weights, so only a better model replaces them, and `keep_previous` copies the file it
-    replaces to `<name>.prev.pt` once per run.
+    replaces to `<name>.prev.pt` (and its model.json to `<name>.prev.json`) once per run.
     """
 
     def __init__(
-        self, path: str | Path, network: torch.nn.Module, metric_name: str | None = None, keep_previous: bool = False
+        self,
+        path: str | Path,
+        network: torch.nn.Module,
+        metric_name: str | None = None,
+        keep_previous: bool = False,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.path, self.network, self.metric_name = Path(path), network, metric_name
+        self.settings = settings
         self.previous_path = self.path.with_suffix(".prev.pt") if keep_previous else None
         self.best_metric, self.best_epoch = -float("inf"), -1
         self.validated, self.saved_unvalidated_epoch = False, -1
@@ -97,7 +105,7 @@ class BestModelSaver:
             logger.info("model before training: %s=%.4f; only a better one replaces %s", name, value, self.path)
         elif value > self.best_metric:
             self.best_metric, self.best_epoch = value, epoch
-            self._save({name: value, "epoch": epoch})
+            self._save({"epoch": epoch, "metric_name": name, "metric_value": value})
             if is_writer():  # the other ranks write nothing, so they do not say so
                 logger.info("saved best model (%s=%.4f, epoch %d) to %s", name, value, epoch, self.path)
 
@@ -105,20 +113,20 @@ class BestModelSaver:
         if self.validated or self.best_epoch >= 0 or not all_finite(self.network):
             return
         self.saved_unvalidated_epoch = trainer.state.epoch
-        self._save({"epoch": trainer.state.epoch})
+        self._save({"epoch": trainer.state.epoch, "metric_name": None, "metric_value": None})
 
     def _save(self, details: Mapping[str, Any]) -> None:
-        """`{"model", "network_args", **details}` to `path` (rank 0 only), keeping the replaced file if asked."""
+        """model.pt and model.json to `path` (rank 0 only), keeping the replaced pair if asked."""
         if not is_writer():
             return
         if self.previous_path is not None and self.path.exists():
             shutil.copy2(self.path, self.previous_path)
+            if sidecar_path(self.path).exists():
+                shutil.copy2(sidecar_path(self.path), sidecar_path(self.previous_path))
             logger.info("kept the replaced model as %s", self.previous_path)
             self.previous_path = None
-        checkpoint = {"model": self.network.state_dict(), **details}
-        if (args := network_args(self.network)) is not None:
-            checkpoint["network_args"] = args
-        atomic_save(checkpoint, self.path)
+        network = getattr(self.network, "module", self.network)  # the zoo's plain keys, without DDP's `module.`
+        save_model(self.path, network.state_dict(), network_args(network), self.settings, details)
 
     def score_baseline(self, evaluator: Workflow) -> None:
         """Validate the network as it is now (e.g. the served model, loaded at trainer start) and make its score

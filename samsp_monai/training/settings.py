@@ -310,11 +310,35 @@ def meaning_of(key: str) -> str | None:
     return next((group[key] for group in MEANINGS.values() if key in group), None)
 
 
+def check_class_names(settings: Mapping[str, Any]) -> None:
+    """`class_names` names each class 1..num_classes exactly once: a missing or extra name would drop a class from
+    the evaluation CSV and summary, or label a class that no output channel predicts."""
+    if "class_names" not in settings:
+        return
+    names, count = settings["class_names"], settings.get("num_classes")
+    if not isinstance(names, Mapping) or not all(isinstance(v, str) and v for v in names.values()):
+        raise _refuse(
+            "class_names",
+            f"must map class numbers to names, got {names!r}",
+            "write e.g. --class_names \"{'1': 'liver'}\"",
+        )
+    if not isinstance(count, int):
+        return
+    named, expected = sorted(str(k) for k in names), [str(i) for i in range(1, count + 1)]
+    if sorted(set(named)) != named or set(named) != set(expected):
+        raise _refuse(
+            "class_names",
+            f"names the classes {named}, but num_classes {count} means the classes {expected}",
+            f"name each class 1..{count} once, or set --num_classes to the number of classes named",
+        )
+
+
 def check_values(settings: Mapping[str, Any]) -> None:
-    """Every key of `settings` that `SCHEMA` knows has a value of its type and range."""
+    """Every key of `settings` that `SCHEMA` knows has a value of its type and range; class names fit the count."""
     for key, value in settings.items():
         if key in SCHEMA:
             SCHEMA[key](key, value)
+    check_class_names(settings)
 
 
 def top_level(key: str) -> str:
