@@ -23,6 +23,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import Schema, TensorSpec
 
+from ..model_file import load_model
 from .checkpoints import network_args
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,8 @@ REQUIREMENTS = ("torch", "monai", "segment-anything", "peft", "numpy")
 
 
 def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in `path`: a plain state dict, or the `model` entry of a `{"model": ..., ...}` checkpoint."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    inner = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    return inner if isinstance(inner, dict) else checkpoint
+    """The state dict in `path` (a plain model.pt, checked against its model.json, or an old nested file)."""
+    return load_model(path).state_dict
 
 
 def model_files(model_path: str | Path) -> list[str]:
