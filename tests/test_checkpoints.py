@@ -343,4 +343,4 @@ def test_the_evaluators_best_after_a_resume_is_the_runs_best_not_the_best_since_
     resumed.attach(evaluator)
     evaluator.run(global_epoch=2)
     assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (0.6, 1)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+    assert recorded(tmp_path / "model.pt")["epoch"] == 1

@@ -160,7 +160,6 @@ BAD_FILES = {
     "random": (lambda root: os.urandom(4096), "not a readable PyTorch model file"),
     "training_state": (
         lambda root: (root / "models/training_state.pt").read_bytes(),
-        "this is a resumable training state (best_model, lr_scheduler, network, optimizer, run, trainer), "
         "not a trained model; use the model.pt that training wrote beside it",
     ),
     "sam_checkpoint": (None, "this is a segment_anything checkpoint (the base SAM weights), not a trained model"),
