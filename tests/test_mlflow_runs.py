@@ -215,4 +215,4 @@ def test_the_logged_model_loads_back_and_predicts_what_model_pt_predicts(trainin
         mlflow.set_tracking_uri(None)
     assert torch.equal(torch.as_tensor(predicted), expected)
     files = {Path(a.path).name for a in client.list_logged_model_artifacts(logged.model_id, "extra_files")}
-    assert "model.pt" in files
+    assert files == {"model.pt", "model.json"}  # the bundle's model file and its record, as in models/
