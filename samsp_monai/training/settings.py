@@ -203,6 +203,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "slice_axis": "axis along which volumes are cut into 2D slices (2 = axial for RAS volumes)",
         "slices_per_volume": "training slices sampled per volume and step",
         "fg_fraction": "share of sampled training slices that show foreground (the rest show none)",
+        "augment_prob": "probability of each random flip and intensity scaling in training (0 with an embedding "
+        "cache, whose cached inputs must not change)",
         "cache_rate": "share of the data set cached in memory by CacheDataset",
         "num_workers": "data loader worker processes",
     },
@@ -217,6 +219,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "lora_targets": "Linear layers (module-path suffixes) that get LoRA adapters",
         "lora_layout": "`qkv`: one adapter on the fused q/k/v Linear; `q_v`: SAMed's separate q and v adapters",
         "encoder_checkpointing": "activation checkpointing of the encoder blocks (less GPU memory, more compute)",
+        "embedding_cache": "folder keeping the image embeddings of a frozen encoder (each input encoded once; "
+        "default: a cache folder when `encoder_training` is `frozen`, else None)",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
         "network": "`network_def` moved to `device`",
     },
