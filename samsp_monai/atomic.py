@@ -10,10 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import SAMSPError
+
 logger = logging.getLogger(__name__)
 
 # `atomic_write`'s temporary files: `.<name>.<mkstemp's 8 random characters>.tmp` beside the target
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+class FileWriteError(SAMSPError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the previous file is left as it was."""
 
 
 def temp_prefix(path: Path) -> str:
@@ -32,9 +38,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the file private to its writer
         os.replace(tmp, path)
+    except Exception as err:  # a full disk reaches torch.save as a RuntimeError of its zip writer
+        Path(tmp).unlink(missing_ok=True)
+        raise FileWriteError(
+            f"{path}: could not be written ({_one_line(err)}); the previous {path.name}, if any, is unchanged. "
+            "Free disk space (or choose another folder) and rerun"
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,7 +12,7 @@ import nibabel as nib
 import pytest
 from conftest import REPO, shared_data
 
-from samsp_monai.data.datalist import check_splits
+from samsp_monai.data.datalist import check_splits, load_datalist
 from samsp_monai.errors import SAMSPError
 
 
@@ -73,3 +73,19 @@ def test_overlap_is_allowed_only_by_the_switch_and_duplicates_are_reported(tmp_p
     assert f"the training datalist repeats 1 case(s): {a['image']} (3x)" in messages
     assert "--allow_overlap: 1 validation case(s) are also training cases" in messages
     assert f"the validation datalist repeats 1 case(s): {a['image']} (2x)" in messages
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"training": [', "not valid JSON (Expecting value: line 2 column 1 (char 15)); a datalist is"),
+        ('{"validation": []}', "Data list training not specified"),
+    ],
+)
+def test_a_malformed_or_training_less_datalist_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "datalist.json"
+    path.write_text(content + "\n")
+    with pytest.raises(SAMSPError) as raised:
+        load_datalist(path, tmp_path, "training")
+    assert str(raised.value).startswith(f"{path}: ") and message in str(raised.value)
+    assert "\n" not in str(raised.value)

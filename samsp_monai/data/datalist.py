@@ -298,6 +298,11 @@ def load_datalist(datalist_file: str | Path, dataset_dir: str | Path, split: str
         )
     try:
         return load_decathlon_datalist(str(path), True, split, base_dir=str(dataset_dir))
+    except json.JSONDecodeError as err:
+        raise DataFolderError(
+            f'{path}: not valid JSON ({err}); a datalist is {{"training": [{{"image": ..., "label": ...}}], '
+            '"validation": [...]}; write it with scripts/make_datalist.py'
+        ) from err
     except ValueError as err:  # MONAI: "Data list ... not specified in ..."
         raise DataFolderError(f"{path}: {err}; write it with scripts/make_datalist.py or choose another split") from err
 

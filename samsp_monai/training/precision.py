@@ -15,6 +15,24 @@ from ignite.engine import Engine, Events
 from ..errors import SAMSPError
 
 
+def check_device(device: torch.device | str) -> None:
+    """One line for a device this machine cannot use (`--device cuda` without a GPU, a GPU index beyond the
+    count, a misspelt name), before any network is moved there (torch: a traceback from `.to()`)."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise SAMSPError(f"--device {device!r} is not a device torch knows ({err}); use cpu or cuda:0") from err
+    if chosen.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise SAMSPError(
+            f"--device {device}: no usable CUDA GPU here (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda or 'none'}); pass --device cpu, or leave out --device to use a GPU when there is one"
+        )
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise SAMSPError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+
+
 def amp_enabled(amp: object, device: torch.device | str) -> bool:
     """The bundle key `amp` as the engines' switch: must be a real bool; True only takes effect on CUDA."""
     if not isinstance(amp, bool):

@@ -187,7 +187,12 @@ class TrainingRun:
     def start(self) -> bool:
         """Lock, clean up, then resume or start; returns whether the run resumes from `state_path`."""
         if is_writer():
-            self.lock.acquire()
+            try:
+                self.lock.acquire()
+            except OSError as err:
+                raise SAMSPError(
+                    f"{self.state_path.parent} cannot be written ({err.strerror}); choose a writable --bundle_root"
+                ) from err
             remove_stale_temp_files(self.state_path.parent)
         if self.state_path.exists() and self.fresh:
             if is_writer():

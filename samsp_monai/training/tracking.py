@@ -13,8 +13,10 @@ import logging
 import os
 import secrets
 import subprocess
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLO
 from monai.handlers import MLFlowHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..command_line import command_line_overrides, is_bundle_command
 from ..errors import SAMSPError
 from .checkpoints import BestModelSaver
 from .model_logging import log_trained_model
@@ -43,6 +46,20 @@ logger = logging.getLogger(__name__)
 
 CODE_DIR = Path(__file__).resolve().parents[1]
 PROBE_TIMEOUT_S = 3.0
+# the URI schemes MLflow 3.17 has a tracking store for ("" is a local path)
+MLFLOW_SCHEMES = (
+    "",
+    "databricks",
+    "databricks-uc",
+    "file",
+    "http",
+    "https",
+    "mssql",
+    "mysql",
+    "postgresql",
+    "sqlite",
+    "uc",
+)
 
 
 class HasLossTerms(Protocol):
@@ -137,6 +154,38 @@ def require_reachable(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> No
         ) from err
 
 
+def require_usable(tracking_uri: str) -> None:
+    """One line, at once, for a tracking URI MLflow cannot use: an unknown scheme (MLflow: `KeyError: 'foo'`), a
+    SQLite store that cannot be written (MLflow: about 100 s of retries, then a traceback), or an HTTP(S) server
+    that does not answer (`require_reachable`)."""
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if scheme not in MLFLOW_SCHEMES and not Path(tracking_uri).is_absolute():
+        raise SAMSPError(
+            f"--tracking_uri {tracking_uri}: MLflow knows no store of the scheme {scheme!r}; use one of "
+            f"{', '.join(sorted(s + '://' for s in MLFLOW_SCHEMES if s))}, e.g. sqlite:////abs/path/mlruns.db"
+        )
+    if scheme == "sqlite":
+        database = Path(urllib.parse.urlparse(tracking_uri).path)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            with open(database, "ab"):
+                pass
+        except OSError as err:
+            raise SAMSPError(
+                f"MLflow store {tracking_uri} cannot be written ({err.strerror}); pass --tracking_uri "
+                "sqlite:////a/writable/folder/mlruns.db, or leave out --tracking mlflow"
+            ) from err
+    require_reachable(tracking_uri)
+
+
+def require_usable_when_tracked(tracking_uri: str, argv: Sequence[str] | None = None) -> None:
+    """`require_usable` in `initialize` when the command line asks for `--tracking`: MONAI builds its MLflow
+    handlers after `initialize`, and MLflow fails right there (with a traceback, or after minutes of retries)."""
+    argv = sys.argv if argv is None else argv
+    if is_bundle_command(argv) and "tracking" in command_line_overrides(argv)[1]:
+        require_usable(tracking_uri)
+
+
 def find_mlflow_handler(engine: Engine) -> MLFlowHandler | None:
     """The `MLFlowHandler` attached to `engine`, or None when tracking is off (or disabled on this rank).
 
@@ -172,7 +221,7 @@ class MLflowRunDetails:
     Attach it before that handler (list it last in the bundle's handlers: MONAI appends its handler after them),
     so that everything here lands before the run is closed at `COMPLETED`.
 
-    - `STARTED`: checks that an HTTP tracking server answers (`require_reachable`); with a `record` that names
+    - `STARTED`: checks that the tracking store can be used (`require_usable`); with a `record` that names
       the MLflow run of an earlier part of this training run (a resumed run), reopens that run, also for the
       `validator`'s handler, so that a training run is one MLflow run however often it was resumed; opens the run
       through the `MLFlowHandler` (its `start` is re-entrant) and stores its id in `record`. Logs `params` (those
@@ -232,7 +281,7 @@ class MLflowRunDetails:
         if self.mlflow is None:
             return
         client = self.mlflow.client
-        require_reachable(client.tracking_uri)
+        require_usable(client.tracking_uri)
         resumed = self._reopen_recorded_run()
         self.mlflow.start(engine)
         run_id = self.run_id
