@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator
 
-from samsp_monai.atomic import atomic_write, atomic_write_text, remove_stale_temp_files
+from samsp_monai.atomic import FileWriteError, atomic_write, atomic_write_text, remove_stale_temp_files
 from samsp_monai.model_file import file_sha256, sidecar_path
 from samsp_monai.training.checkpoints import BestModelSaver, TrainingStateSaver, atomic_save
 
@@ -39,8 +39,9 @@ def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temp_file(tm
     path = tmp_path / "model.pt"
     atomic_save({"model": {"w": torch.ones(3)}}, path)
     before = path.read_bytes()
-    with pytest.raises(WriteFailed):
+    with pytest.raises(FileWriteError, match="the previous model.pt, if any, is unchanged") as raised:
         atomic_write(path, half_then_fail)
+    assert isinstance(raised.value.__cause__, WriteFailed)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
