@@ -14,6 +14,7 @@ from pathlib import Path
 import monai.bundle
 import pytest
 import torch
+from bad_files import truncated
 from conftest import REPO, shared_data
 from monai.bundle import ConfigWorkflow
 
@@ -150,13 +151,9 @@ def test_a_plain_model_pt_alone_works_with_the_configs_settings_and_one_warning(
     ]
 
 
-def half(path: Path) -> bytes:
-    return path.read_bytes()[: path.stat().st_size // 2]
-
-
 BAD_FILES = {
     "empty": (lambda root: b"", "the file is empty (0 bytes)"),
-    "truncated": (lambda root: half(root / "models/model.pt"), "not a readable PyTorch model file"),
+    "truncated": (None, "not a readable PyTorch model file"),
     "random": (lambda root: os.urandom(4096), "not a readable PyTorch model file"),
     "training_state": (
         lambda root: (root / "models/training_state.pt").read_bytes(),
@@ -173,6 +170,8 @@ def test_a_file_that_is_no_model_of_this_network_is_one_line(zoo_bundle, tmp_pat
     path = tmp_path / "model.pt"
     if kind == "sam_checkpoint":  # an official checkpoint is a plain segment_anything state dict
         torch.save(build_sam("vit_test", 64, 2).state_dict(), path)
+    elif kind == "truncated":  # as an interrupted copy leaves it
+        truncated(zoo_bundle / "models/model.pt", path)
     elif kind == "other_network":
         torch.save(torch.nn.Linear(2, 1).state_dict(), path)
     else:
@@ -186,7 +185,7 @@ def test_a_file_that_is_no_model_of_this_network_is_one_line(zoo_bundle, tmp_pat
 
 def test_inference_on_a_truncated_model_says_so_in_one_line_without_a_traceback(zoo_bundle, tmp_path):
     broken = tmp_path / "model.pt"
-    broken.write_bytes(half(zoo_bundle / "models/model.pt"))
+    truncated(zoo_bundle / "models/model.pt", broken)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(zoo_bundle / "configs/inference.json")]
     cmd += ["--ckpt_path", str(broken), "--dataset_dir", str(shared_data("msd-hippocampus") / "imagesTs")]
     cmd += ["--output_dir", str(tmp_path / "out")]
