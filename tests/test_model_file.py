@@ -160,7 +160,7 @@ BAD_FILES = {
         "not a trained model; use the model.pt that training wrote beside it",
     ),
     "sam_checkpoint": (None, "this is a segment_anything checkpoint (the base SAM weights), not a trained model"),
-    "other_network": (None, "its weights do not fit the configured network (168 missing (e.g. 'sam.image_encoder"),
+    "other_network": (None, "missing (e.g. 'sam.image_encoder.pos_embed'); 2 unexpected (e.g. 'weight')); pass the"),
 }
 
 
