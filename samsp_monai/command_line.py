@@ -18,6 +18,14 @@ def literal(text: str) -> Any:
         return text
 
 
+def key_value_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """A script's `--key value` overrides (as `python -m monai.bundle` takes them) as {key: value}; a ValueError
+    names the arguments when they are not such pairs."""
+    if len(args) % 2 or not all(key.startswith("--") for key in args[::2]):
+        raise ValueError(f"overrides must be --key value pairs, got {list(args)}")
+    return {key[2:]: literal(value) for key, value in zip(args[::2], args[1::2], strict=True)}
+
+
 def is_bundle_command(argv: Sequence[str]) -> bool:
     """True when `argv` is that of `python -m monai.bundle` (also under torchrun)."""
     return bool(argv) and Path(argv[0]).parent.name == "bundle" and Path(argv[0]).name == "__main__.py"

@@ -14,25 +14,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser
 
+from samsp_monai.command_line import key_value_overrides
 from samsp_monai.model_file import RECORDED_SETTINGS, convert_nested
 from samsp_monai.paths import default_bundle_root
 
 BUNDLE = Path(default_bundle_root())
-
-
-def _literal(value: str) -> Any:
-    """Python literal rules, as `monai.bundle` parses command-line overrides."""
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
 
 
 def config_settings(config_files: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="the old nested model.pt; rewritten in place, model.json written beside it")
     parser.add_argument("--config_file", nargs="+", default=[str(BUNDLE / "configs/train.json")])
     args, rest = parser.parse_known_args(argv)
-    if len(rest) % 2 or not all(key.startswith("--") for key in rest[::2]):
-        parser.error(f"overrides must be --key value pairs, got {rest}")
-    overrides = {key[2:]: _literal(value) for key, value in zip(rest[::2], rest[1::2], strict=True)}
+    try:
+        overrides = key_value_overrides(rest)
+    except ValueError as e:
+        parser.error(str(e))
     written = convert_nested(args.model, config_settings(args.config_file, overrides))
     print(f"converted {args.model} to a plain state dict; its record is {written}")
 

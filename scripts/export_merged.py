@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from samsp_monai.command_line import key_value_overrides
 from samsp_monai.errors import SAMSPError
 from samsp_monai.model_file import load_model
 from samsp_monai.paths import default_bundle_root
@@ -52,17 +52,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         "program only accepts this size",
     )
     args, rest = parser.parse_known_args(argv)
-    if len(rest) % 2 or not all(key.startswith("--") for key in rest[::2]):
-        parser.error(f"overrides must be --key value pairs, got {rest}")
-    return args, {key[2:]: _literal(value) for key, value in zip(rest[::2], rest[1::2], strict=True)}
-
-
-def _literal(value: str) -> Any:
-    """Python literal rules, as `monai.bundle` parses command-line overrides."""
     try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
+        return args, key_value_overrides(rest)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def network_args(config_files: list[str], overrides: dict[str, Any]) -> dict[str, Any]:

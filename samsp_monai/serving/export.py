@@ -23,7 +23,7 @@ from ..model.lora import has_lora, merged_state_dict
 from ..model.network import SAMSP
 from ..model_file import TrainedModel, check_fits
 from ..training.checkpoints import atomic_save
-from .model_match import mismatched_settings, override
+from .model_match import describe, mismatched_settings
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def recorded_network_args(
         return dict(configured)
     contradicted = {k: v for k, v in mismatched_settings(model.network_args, configured).items() if k in overridden}
     if contradicted:
-        listed = ", ".join(f"{key}: {was!r} in the model, {now!r} given" for key, (was, now) in contradicted.items())
-        fix = " ".join(override(key, was) for key, (was, _) in contradicted.items())
+        listed, fix = describe(contradicted, "given")
         raise SAMSPError(
             f"{model.path} records other network settings than the overrides given ({listed}); drop those "
             f"overrides (the model's record is used) or pass {fix}"

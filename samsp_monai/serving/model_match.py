@@ -66,6 +66,12 @@ def override(key: str, value: Any) -> str:
     return f'--{key} "{value!r}"' if isinstance(value, (list, dict)) else f"--{key} {value!r}"
 
 
+def describe(differences: Mapping[str, tuple[Any, Any]], here: str) -> tuple[str, str]:
+    """('key: trained in the model, now <here>, ...', the overrides that restore the trained values)."""
+    listed = ", ".join(f"{key}: {was!r} in the model, {now!r} {here}" for key, (was, now) in differences.items())
+    return listed, " ".join(override(key, was) for key, (was, _) in differences.items())
+
+
 def check_model_matches(
     model_path: str | Path, network: torch.nn.Module, settings: Mapping[str, Any] | None = None
 ) -> None:
@@ -83,8 +89,7 @@ def check_model_matches(
     if model.network_args and configured is not None:
         differences |= mismatched_settings(model.network_args, configured)
     if differences:
-        listed = ", ".join(f"{key}: {was!r} in the model, {now!r} here" for key, (was, now) in differences.items())
-        fix = " ".join(override(key, was) for key, (was, _) in differences.items())
+        listed, fix = describe(differences, "here")
         raise SAMSPError(
             f"{model_path} was trained with other settings ({listed}). Pass the training run's overrides "
             f"(the same override files, e.g. bundle/configs/demo.json for the demo, or {fix})"
