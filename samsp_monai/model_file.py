@@ -226,6 +226,14 @@ def check_fits(model: TrainedModel, network: torch.nn.Module) -> None:
             f"{model.path}: this is a segment_anything checkpoint (the base SAM weights), not a trained model; "
             "give it to training as --sam_checkpoint"
         )
+    tokens = next((k for k in resized if k.endswith("mask_decoder.mask_tokens.weight")), None)
+    if tokens is not None and got[tokens].shape[0] == expected[tokens].shape[0] - 2:
+        raise SAMSPError(
+            f"{model.path}: its decoder has {got[tokens].shape[0]} mask tokens where this network has "
+            f"{expected[tokens].shape[0]}: it was trained for {got[tokens].shape[0] - 3} class(es), or by samsp-monai "
+            "before 0.2, whose decoder dropped SAM's multimask tokens (one token per class + 1); such a model cannot "
+            "be converted (every token attends to the others): retrain it"
+        )
     parts = [f"{len(v)} {what} (e.g. {v[0]!r})" for what, v in (("missing", missing), ("unexpected", unexpected)) if v]
     if resized:
         k = resized[0]
