@@ -22,8 +22,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, shared_data
+from monai.transforms import LoadImage
 from test_inference_integrity import INFERENCE, run_workflow, save_model, user_message
+from test_seg_writer import CODES, NAMES
 
+from samsp_monai.atomic import FileWriteError
+from samsp_monai.data.seg_writer import write_dicom_seg
 from samsp_monai.serving.output_guard import LOCK, MANIFEST, OutputConflictError, output_names, sha256
 
 HIPPOCAMPUS = "msd-hippocampus/imagesTr"
@@ -242,3 +246,17 @@ def test_a_read_only_output_folder_or_a_file_as_output_dir_is_one_line(tmp_path,
     message = user_message(run_workflow, INFERENCE, tmp_path, dataset_dir=str(inputs), output_dir=str(a_file))
     assert message == f"--output_dir {a_file} is a file, not a folder; choose a folder for the outputs"
     assert a_file.read_text() == "mine"
+
+
+def test_a_dicom_seg_that_cannot_be_written_completely_leaves_nothing_under_its_name(tmp_path):
+    root = shared_data("dicom-ct-seg")
+    label = LoadImage(image_only=True, reader="ITKReader")(str(root / "liver_spine_seg.nrrd"))
+    label = np.asarray(label).astype(np.uint16)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # the SEG is about 200 kB; Python ignores SIGXFSZ
+    try:
+        with pytest.raises(FileWriteError, match="File too large"):
+            write_dicom_seg(label, root / "ct-3slice", NAMES, CODES, tmp_path / "ct_seg.dcm")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []

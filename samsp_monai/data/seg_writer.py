@@ -30,6 +30,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
+from ..atomic import atomic_write
 from ..errors import SAMSPError
 from .dicom_seg import _series_in
 
@@ -159,8 +160,7 @@ def write_dicom_seg(
         elif keyword in seg:
             delattr(seg, keyword)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(path)
+    atomic_write(path, seg.save_as)  # complete or absent: never half a SEG under its name
     return path
 
 

@@ -3,8 +3,8 @@
 `CaseReportingDataset` turns a case whose loading or checks fail into a small failure record (case and one-line
 reason) instead of an exception, so the data loader carries on. `CaseSkippingEvaluator` logs and collects
 those records without running the network on them, and likewise a case whose segmentation could not be written
-(`output_writer.OutputWriteError`). `report_cases` ends the run with a one-line summary of
-what was written where, and raises when any case failed, so the exit status says so.
+(`output_writer.OutputWriteError`, or a DICOM SEG's `atomic.FileWriteError`). `report_cases` ends the run with a
+one-line summary of what was written where, and raises when any case failed, so the exit status says so.
 Use with `batch_size` 1 (a failure record cannot be collated with image tensors).
 """
 
@@ -19,6 +19,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from monai.utils import optional_import
 
+from ..atomic import FileWriteError
 from ..data.input_checks import case_name, describe_failure, source_of
 from ..errors import SAMSPError, find_user_error
 from .output_writer import OutputWriteError
@@ -64,7 +65,7 @@ class CaseSkippingEvaluator(SupervisedEvaluator):
             return super()._iteration(engine, batchdata)
         except Exception as e:
             error = find_user_error(e)
-            if not isinstance(error, OutputWriteError):
+            if not isinstance(error, (OutputWriteError, FileWriteError)):
                 raise
             logger.error("could not write a case: %s", error)
             self.failed_cases.append((source_of(batchdata.get("image")), str(error)))
