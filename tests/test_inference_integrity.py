@@ -197,7 +197,7 @@ def test_training_command_lists_every_bad_case_before_building_anything(tmp_path
     (data / "datalist.json").write_text(json.dumps(datalist))
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'demo.json'}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs]
-    cmd += ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(data)]
+    cmd += ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(data), "--allow_overlap", "True"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     assert "samsp-monai error: 3 of 4 cases cannot be used:" in result.stderr, result.stderr[-3000:]
