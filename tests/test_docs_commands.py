@@ -15,6 +15,7 @@ keep the run short and inside a temporary folder:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from conftest import REPO
 
 from samsp_monai import ensure_demo_dataset
 
-DOCS = [REPO / "README.md", REPO / "bundle/docs/README.md"]
+DOCS = [REPO / "README.md", REPO / "bundle/docs/README.md", REPO / "bundle/docs/method.md"]
 SKIPPED = {
     "-m venv": "creates the environment (CI does this itself)",
     "pip install": "installs packages (CI does this itself)",
@@ -122,6 +123,7 @@ def test_readme_and_model_card_commands_run_as_written(tmp_path):
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    untracked = untracked_files()
     for doc in DOCS:
         for block in shell_blocks(doc):
             if runnable_part(block) is None:
@@ -141,3 +143,16 @@ def test_readme_and_model_card_commands_run_as_written(tmp_path):
     assert (tmp_path / "data/eval/metrics_summary.json").is_file()
     assert (tmp_path / "runs/ablation/samsp_runs.csv").read_text().count("\n") >= 3  # header and two runs
     assert (tmp_path / "runs/hippocampus_datalist.json").is_file()
+    assert (tmp_path / "runs/one_case/overlays/demo_000.png").is_file()  # single-file inference with overlays
+    assert (tmp_path / "runs/demo_eval/metrics_summary.json").is_file()  # the demo evaluation's stacking order
+    assert len(json.loads((tmp_path / "runs/hippocampus_small.json").read_text())["training"]) < 6  # --limit
+    assert (tmp_path / "runs/unet/models/model.pt").is_file()  # the table's recommendation without weights
+    assert untracked_files() == untracked, "a documented command left files in the repository"
+
+
+def untracked_files() -> set[str]:
+    """Files git would offer to add (ignored ones excluded): what a documented command must not leave behind."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return set(listed.stdout.splitlines())
