@@ -3,7 +3,8 @@ working unnoticed.
 
 The blocks run in document order with bash in the repository, as a reader would paste them, with three changes that
 keep the run short and inside a temporary folder:
-- `/data/...` (the reader's data), `runs/...` and `bundle/demo_data` point into the temporary folder; `/data/` holds
+- `/data/...` (the reader's data), `runs/...` (one folder per document, as two readers would have) and
+  `bundle/demo_data` point into the temporary folder; `/data/` holds
   the generated demo data in MSD layout (`Task04_Hippocampus`) and a few of its volumes (`new_volumes`);
 - `python` is a shim that runs this interpreter; for `python -m monai.bundle run` it sets tiny settings (one
   epoch, two slices per volume, no loader workers), a temporary `bundle_root` where the command gives none (with
@@ -83,10 +84,10 @@ def shell_blocks(path: Path) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
 
 
-def localise(block: str, tmp: Path) -> str:
-    """Point the reader's folders into `tmp`, and `.venv/bin/python` at the shim."""
-    block = block.replace(".venv/bin/python", "python").replace("$PWD/runs/", f"{tmp}/runs/")
-    block = re.sub(r"(?<=[\s=])runs/", f"{tmp}/runs/", block)
+def localise(block: str, tmp: Path, runs: str = "runs") -> str:
+    """Point the reader's folders into `tmp` (`runs/` into `tmp/<runs>/`), and `.venv/bin/python` at the shim."""
+    block = block.replace(".venv/bin/python", "python").replace("$PWD/runs/", f"{tmp}/{runs}/")
+    block = re.sub(r"(?<=[\s=])runs/", f"{tmp}/{runs}/", block)
     return block.replace("/data/", f"{tmp}/data/").replace("bundle/demo_data", f"{tmp}/bundle/demo_data")
 
 
@@ -125,10 +126,12 @@ def test_readme_and_model_card_commands_run_as_written(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     untracked = untracked_files()
     for doc in DOCS:
+        runs = "runs" if doc == DOCS[0] else f"runs_{doc.parent.name}_{doc.stem}"  # each document's own outputs
+        (tmp_path / runs).mkdir(exist_ok=True)
         for block in shell_blocks(doc):
             if runnable_part(block) is None:
                 continue
-            command = localise(runnable_part(block), tmp_path)
+            command = localise(runnable_part(block), tmp_path, runs)
             done = subprocess.run(
                 ["bash", "-e", "-o", "pipefail", "-c", command],
                 cwd=REPO,
