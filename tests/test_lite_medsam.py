@@ -17,6 +17,7 @@ from samsp_monai import SAMSP, SAMSPLoss, build_sam, load_sam_checkpoint
 from samsp_monai.errors import SAMSPError
 from samsp_monai.model.lite_medsam import lite_medsam_checkpoint, verify_sha256
 from samsp_monai.model.sam_factory import CheckpointError, default_checkpoint
+from samsp_monai.model_file import load_model
 from samsp_monai.serving.export import export_merged, load_merged
 
 
@@ -148,7 +149,7 @@ def test_lora_on_tinyvit_attention_merges_back_into_the_plain_layout(tmp_path):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)  # an update as after training (B starts at zero)
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
-    export_merged(tmp_path / "model.pt", args | {"encoder_training": "lora"}, tmp_path / "merged.pt")
+    export_merged(load_model(tmp_path / "model.pt"), args | {"encoder_training": "lora"}, tmp_path / "merged.pt")
     merged = load_merged(tmp_path / "merged.pt")
     shipped = torch.load(lite_medsam_checkpoint(), weights_only=True)
     assert set(torch.load(tmp_path / "merged.pt", weights_only=True)["sam"]) == set(shipped)

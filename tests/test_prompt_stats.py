@@ -23,7 +23,7 @@ def test_share_of_empty_first_pass_masks_is_published_per_epoch(caplog):
     EmptyPromptShare(net).attach(engine)
     shares = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: shares.append(e.state.metrics["train_empty_y0_share"]))
-    with caplog.at_level(logging.INFO, logger="samsp_monai.training.prompt_stats"):
+    with caplog.at_level(logging.DEBUG, logger="samsp_monai.training.prompt_stats"):
         engine.run(batches, max_epochs=2)
     per_epoch = [torch.cat(seen[:3]), torch.cat(seen[3:])]
     assert shares == [float(flags.float().mean()) for flags in per_epoch]  # reset between epochs
