@@ -18,9 +18,11 @@ import warnings
 DEBUG_SWITCH = "SAMSP_DEBUG"
 QUIET_LOGGERS = {
     "ignite": logging.CRITICAL,  # per-epoch "Complete"/"best metric" lines; errors reach the user anyway
-    "monai.bundle.scripts": logging.WARNING,  # the input summary after initialisation (MONAI sets this level itself)
     "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,  # "nvImageCodec is not available" on every CPU run
 }
+# only for `monai.bundle run`: the input summary after initialisation; other commands (verify_net_in_out,
+# ckpt_export) report their result through this logger
+QUIET_IN_RUN = {"monai.bundle.scripts": logging.WARNING}
 
 
 def debug_output() -> bool:
@@ -40,5 +42,6 @@ def quiet_third_party() -> None:
         return
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=r"samsp_monai(\.|$)")
-    for name, level in QUIET_LOGGERS.items():
+    quiet = QUIET_LOGGERS | (QUIET_IN_RUN if sys.argv[1:2] == ["run"] else {})
+    for name, level in quiet.items():
         logging.getLogger(name).setLevel(level)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, shared_data
 
 from samsp_monai import ensure_demo_dataset
 
@@ -117,6 +117,7 @@ def test_readme_and_model_card_commands_run_as_written(tmp_path):
     (data / "new_volumes").mkdir()
     for image in sorted((data / "Task04_Hippocampus/imagesTr").iterdir())[:2]:
         shutil.copy(image, data / "new_volumes" / image.name)
+    copy_kvasir_sample(data / "kvasir-seg")
     (tmp_path / "runs").mkdir()
     shim = tmp_path / "bin/python"
     shim.parent.mkdir()
@@ -150,7 +151,21 @@ def test_readme_and_model_card_commands_run_as_written(tmp_path):
     assert (tmp_path / "runs/demo_eval/metrics_summary.json").is_file()  # the demo evaluation's stacking order
     assert len(json.loads((tmp_path / "runs/hippocampus_small.json").read_text())["training"]) < 6  # --limit
     assert (tmp_path / "runs/unet/models/model.pt").is_file()  # the table's recommendation without weights
+    assert len(list((tmp_path / "runs/kvasir_predictions").glob("*_seg.png"))) == 8  # the 2D fine-tuning example
     assert untracked_files() == untracked, "a documented command left files in the repository"
+
+
+def copy_kvasir_sample(target: Path, per_split: int = 4) -> None:
+    """A few real Kvasir-SEG images, masks and split files, for the documented 2D commands (`/data/kvasir-seg`)."""
+    source = shared_data("kvasir-seg")
+    for split in ("train", "val"):
+        stems = (source / f"{split}.txt").read_text().split()[:per_split]
+        (target / f"{split}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (target / f"{split}.txt").write_text("\n".join(stems) + "\n")
+        for folder in ("images", "masks"):
+            (target / folder).mkdir(exist_ok=True)
+            for stem in stems:
+                shutil.copy(source / folder / f"{stem}.jpg", target / folder / f"{stem}.jpg")
 
 
 def untracked_files() -> set[str]:

@@ -14,7 +14,6 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow import MlflowClient
@@ -96,7 +95,7 @@ def log_trained_model(
         run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params, model_type="segmentation"
     )
     with _use_tracking_uri(client.tracking_uri):
-        info = mlflow.pytorch.log_model(
+        info = _mlflow_pytorch().log_model(
             model,
             name=name,
             run_id=run_id,
@@ -110,3 +109,11 @@ def log_trained_model(
         )
     logger.info("logged the best model as MLflow model %s (%s)", info.model_uri, info.model_id)
     return info
+
+
+def _mlflow_pytorch():
+    """`mlflow.pytorch`, imported when a model is logged: importing it calls `logging.basicConfig`, which would
+    take the root logger from every program that merely imports samsp_monai (their INFO lines vanished)."""
+    import mlflow.pytorch
+
+    return mlflow.pytorch
