@@ -17,6 +17,14 @@ class SAMSPError(Exception):
     """A problem with the user's files, settings or environment; its message is all the user needs to see."""
 
 
+def require_bool(key: str, value: object) -> bool:
+    """`value` of the command-line option `--key`, refused unless a bool: the runner reads `--key true` as the
+    truthy text 'true'."""
+    if not isinstance(value, bool):
+        raise SAMSPError(f"--{key} must be True or False (capitalised), got {value!r}")
+    return value
+
+
 def find_user_error(error: BaseException | None) -> SAMSPError | None:
     """The first `SAMSPError` in an exception's cause/context chain, or None."""
     seen: set[int] = set()

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from monai.data import load_decathlon_datalist
 
 from ..atomic import atomic_write_text
-from ..errors import SAMSPError
+from ..errors import SAMSPError, require_bool
 from .dicom_series import is_dicom_file
 
 logger = logging.getLogger(__name__)
@@ -336,8 +336,7 @@ def check_splits(
     """Refuse validation cases that are also training cases, unless `allow_overlap`: the best model would be chosen
     on data it trained on, and its validation Dice would overstate it. Duplicate entries within a split (a case
     weighted twice, or a copy-paste slip) are reported as a warning naming them."""
-    if not isinstance(allow_overlap, bool):
-        raise SAMSPError(f"--allow_overlap must be True or False (capitalised), got {allow_overlap!r}")
+    require_bool("allow_overlap", allow_overlap)
 
     def images(items: Sequence[Mapping[str, Any]]) -> list[str]:
         return [os.path.realpath(str(item["image"])) for item in items]

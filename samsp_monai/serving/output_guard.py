@@ -33,7 +33,7 @@ from monai.utils import optional_import
 from ..atomic import atomic_write_text
 from ..data.datalist import IMAGE_SUFFIXES, LABEL_SUFFIXES
 from ..data.seg_writer import series_folder
-from ..errors import SAMSPError
+from ..errors import SAMSPError, require_bool
 from ..training.runs import FolderLock
 from ..training.tracking import file_digest
 
@@ -121,8 +121,7 @@ class OutputFolder:
 
     def claim(self, model_path: str | Path, inputs: Iterable[Any], overwrite: bool = False) -> None:
         """Lock the folder, plan the output names, refuse conflicts, and prepare the record (module docstring)."""
-        if not isinstance(overwrite, bool):
-            raise SAMSPError(f"--overwrite must be True or False (capitalised), got {overwrite!r}")
+        require_bool("overwrite", overwrite)
         model_path = Path(model_path)
         if not model_path.is_file():
             raise SAMSPError(f"model not found: {model_path}; train one first or pass --ckpt_path")
