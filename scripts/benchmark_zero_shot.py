@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from samsp_monai import SAMSP  # noqa: E402
 from samsp_monai.data.datalist import write_json_atomic  # noqa: E402
+from samsp_monai.evaluation.metrics import case_metrics  # noqa: E402
 from samsp_monai.model.geometry import content_shape  # noqa: E402
 from samsp_monai.model.lite_medsam import LITE_MEDSAM_IMG_SIZE, lite_medsam_checkpoint  # noqa: E402
 
@@ -65,8 +66,9 @@ def prompts(mask: np.ndarray) -> dict[str, list[float]]:
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    overlap, total, union = (pred & truth).sum(), pred.sum() + truth.sum(), (pred | truth).sum()
-    return float(2 * overlap / total), float(overlap / union)
+    """Dice and IoU of one image, by the scorer every evaluation uses (`case_metrics`, class 1)."""
+    (row,) = case_metrics(pred.astype(np.uint8), truth.astype(np.uint8), (1.0, 1.0), [1])
+    return row["dice"], row["iou"]
 
 
 def main() -> None:
