@@ -24,6 +24,7 @@ from monai.bundle import ConfigParser
 
 from samsp_monai.command_line import key_value_overrides
 from samsp_monai.errors import SAMSPError
+from samsp_monai.model.network import SERVING_ARGS
 from samsp_monai.model_file import load_model
 from samsp_monai.paths import default_bundle_root
 from samsp_monai.serving.export import (
@@ -59,11 +60,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 
 
 def network_args(config_files: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The resolved arguments of the config's `network_def` (SAMSP), after the overrides."""
+    """The resolved arguments of the config's `network_def` (SAMSP), after the overrides, without the serving
+    ones (runtime, cache): the merged network is plain PyTorch."""
     parser = ConfigParser()
     parser.read_config(config_files)
     parser.update(overrides)
-    return {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"] if k != "_target_"}
+    names = [k for k in parser["network_def"] if k != "_target_" and k not in SERVING_ARGS]
+    return {k: parser.get_parsed_content(f"network_def#{k}") for k in names}
 
 
 def main(argv: list[str] | None = None) -> None:

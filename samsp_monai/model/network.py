@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -13,9 +14,10 @@ from torch import Tensor, nn
 from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
 from .embedding_cache import EmbeddingCache
+from .encoder_runtime import EncoderRuntime, Precision, Runtime
 from .geometry import GEOMETRIES, Geometry, content_shape, from_model_frame, to_model_frame
 from .lite_medsam import LITE_MEDSAM
-from .lora import EncoderTraining, LoraLayout, adapt_encoder, log_trainable
+from .lora import EncoderTraining, LoraLayout, adapt_encoder, has_lora, log_trainable, merged_state_dict
 from .sam_factory import build_sam, load_sam_checkpoint
 
 EmptyBox = Literal["keep_previous", "full_image"]
@@ -23,6 +25,8 @@ EMPTY_BOX_RULES = ("keep_previous", "full_image")
 TrainOutput = Literal["pair", "final"]
 # SAM's box-prompt noise is capped at 20 px for its 1024 px input; scaled to the encoder size here.
 SAM_JITTER_MAX_PX = 20 / 1024
+# how this process computes and keeps embeddings, not what the network is: left out of `network_args`
+SERVING_ARGS = ("embedding_cache", "runtime", "runtime_precision", "model_dir")
 
 
 class SAMSPOutput(NamedTuple):
@@ -55,8 +59,13 @@ class SAMSP(nn.Module):
     by `prompt_stats.EmptyPromptShare`).
     `encoder_checkpointing` recomputes the encoder blocks' activations in backward (memory for vit_l/vit_h).
     `embedding_cache` (a folder) keeps the image embeddings of a frozen encoder (`embedding_cache.py`): with
-    `encoder_training="frozen"` each distinct input is encoded once, across epochs, runs and processes. It is
-    bypassed while any encoder weight is trainable, and is no network setting (not in `network_args`).
+    `encoder_training="frozen"` each distinct input is encoded once, across epochs, runs and processes; a folder
+    is bypassed while any encoder weight is trainable (its entries would go stale each step). `"memory"` keeps them
+    in a bounded store shared by the process (serving: a repeated request reuses them), used whenever no gradient
+    reaches the encoder. `runtime` and `runtime_precision` choose what computes the embeddings when no gradient
+    reaches the encoder (`encoder_runtime.py`: eager PyTorch, or an ONNX export run by OpenVINO or ONNX Runtime,
+    kept in `model_dir`, the trained model's folder, whose change of weights also drops its in-memory
+    embeddings). None of these four is a network setting (not in `network_args`).
 
     `dropout` drops whole channels of the image embedding in train mode only (Monte Carlo dropout: MONAI Label's
     epistemic scoring builds the network with it and runs it in train mode). `train_output="final"` returns the
@@ -94,8 +103,11 @@ class SAMSP(nn.Module):
         gt_box_prob: float = 0.0,
         gt_box_jitter: float = 0.1,
         embedding_cache: str | Path | None = None,
+        runtime: Runtime = "torch",
+        runtime_precision: Precision = "fp32",
+        model_dir: str | Path | None = None,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint", "embedding_cache")}
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__", "checkpoint", *SERVING_ARGS)}
         super().__init__()
         self.network_args = {
             k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in args.items()
@@ -125,7 +137,9 @@ class SAMSP(nn.Module):
             raise SAMSPError(f"need 0 <= gt_box_prob <= 1 and gt_box_jitter >= 0, got {gt_box_prob}, {gt_box_jitter}")
         self.gt_box_prob, self.gt_box_jitter = gt_box_prob, gt_box_jitter
         self.minmax_input = variant == LITE_MEDSAM
-        self.embedding_cache = EmbeddingCache(embedding_cache) if embedding_cache is not None else None
+        owner = str(model_dir) if model_dir is not None else None
+        self.embedding_cache = EmbeddingCache(embedding_cache, owner=owner) if embedding_cache is not None else None
+        self.encoder_runtime = EncoderRuntime(runtime, runtime_precision, model_dir)
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
@@ -173,11 +187,27 @@ class SAMSP(nn.Module):
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
     def encode(self, x: Tensor) -> Tensor:
-        """Image embeddings of preprocessed inputs, from the embedding cache where one is set and the encoder frozen."""
+        """Image embeddings of preprocessed inputs: eager while a gradient reaches the encoder, else by the
+        runtime, through the embedding cache where one is set (a folder only while the encoder is frozen)."""
         encoder = self.sam.image_encoder
-        if self.embedding_cache is None or any(p.requires_grad for p in encoder.parameters()):
+        trained = any(p.requires_grad for p in encoder.parameters())
+        if trained and torch.is_grad_enabled():
             return encoder(x)
-        return self.embedding_cache(encoder, x)
+        run = partial(self.encoder_runtime, encoder, plain=self.plain_encoder)
+        if self.embedding_cache is None or (trained and not self.embedding_cache.bounded):
+            return run(x)
+        return self.embedding_cache(encoder, x, run, self.encoder_runtime.salt)
+
+    def plain_encoder(self) -> nn.Module:
+        """The image encoder without adapters, LoRA folded into its weights: what an exported runtime runs."""
+        encoder = self.sam.image_encoder
+        if not has_lora(encoder):
+            return encoder
+        plain = build_sam(self.network_args["variant"], self.img_size, self.num_classes).image_encoder
+        prefix = "image_encoder."
+        merged = merged_state_dict(self.sam)
+        plain.load_state_dict({k.removeprefix(prefix): v for k, v in merged.items() if k.startswith(prefix)})
+        return plain.to(next(encoder.parameters()).device).eval()
 
     def decode(self, embeddings: Tensor, previous: Tensor | None = None, target: Tensor | None = None) -> Tensor:
         """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous` (some

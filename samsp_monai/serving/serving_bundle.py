@@ -8,7 +8,9 @@ whatever the user typed. The generated configs:
 
 - inference: load only `image` (MONAI Label's `LoadImaged` wrapper ignores `allow_missing_keys`), build the
   network without the base SAM checkpoint (model.pt holds every weight) and with `train_output="final"`
-  (MONAI Label's epistemic scoring runs the network in train mode and expects one tensor);
+  (MONAI Label's epistemic scoring runs the network in train mode and expects one tensor), with the in-memory
+  embedding cache (`embedding_cache: memory`, bounded, dropped when the served model changes) and the encoder
+  runtime of inference.json (its export built beside the served model.pt on the first request);
 - training (each MONAI Label `/train` request): a fresh run that starts from the served weights, validates
   them first and replaces them only with a better model, keeping the replaced one as `model.prev.pt`;
 - metadata: label names from `class_names`, and the input dimension MONAI Label reports (3 for volumes
@@ -28,6 +30,7 @@ from monai.bundle import ConfigParser
 
 from ..atomic import atomic_write_text
 from ..errors import SAMSPError
+from ..model.embedding_cache import MEMORY
 from ..training.checkpoints import BestModelSaver
 
 DATASET_DIR = "$@bundle_root + '/data'"
@@ -93,6 +96,8 @@ def inference_config(
     apply_network_args(config, args)
     config["network_def"]["train_output"] = "final"
     config["network_def"]["dropout"] = 0.0
+    if "embedding_cache" in config:  # a repeated /infer and the scoring of the same image reuse the embeddings
+        config["embedding_cache"] = MEMORY
     config["dataset_dir"] = DATASET_DIR
     image_only_loading(config)
     return config

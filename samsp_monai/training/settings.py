@@ -220,7 +220,11 @@ MEANINGS: dict[str, dict[str, str]] = {
         "lora_layout": "`qkv`: one adapter on the fused q/k/v Linear; `q_v`: SAMed's separate q and v adapters",
         "encoder_checkpointing": "activation checkpointing of the encoder blocks (less GPU memory, more compute)",
         "embedding_cache": "folder keeping the image embeddings of a frozen encoder (each input encoded once; "
-        "default: a cache folder when `encoder_training` is `frozen`, else None)",
+        "default: a cache folder when `encoder_training` is `frozen`, else None); `memory`: a bounded in-memory store "
+        "shared by the process (serving; `$SAMSP_EMBEDDING_CACHE_MB`, default 1024)",
+        "runtime": "what computes the image embeddings at inference: `torch` (eager), `openvino` or `onnxruntime` (an "
+        "ONNX export of the encoder, built on first use beside model.pt and named by its weights' hash)",
+        "runtime_precision": "`fp32`, or `bf16` (torch autocast or OpenVINO's bf16 on CPUs with AVX-512 BF16 or AMX)",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
         "network": "`network_def` moved to `device`",
     },

@@ -1,0 +1,171 @@
+"""The image encoder at inference: eager PyTorch, or an ONNX export of it run by OpenVINO or ONNX Runtime.
+
+On a CPU the encoder is nearly all of the cost (LiteMedSAM: 75 GFLOPs per 256 px slice, 2.4 s on one core in eager
+fp32 PyTorch). Measured on one core of these machines (`scripts/benchmark_cpu.py`), the same weights exported to
+ONNX run 3x faster in ONNX Runtime and 4.5x in OpenVINO at equal output (max difference 3e-6), and OpenVINO in bf16
+(AVX-512 BF16 or AMX CPUs; others run f32) 8x; dynamic int8 quantisation of the export was slower than fp32 and
+changed the embeddings by as much as their own mean magnitude, so it is not offered.
+
+The export is built from the network's own encoder on first use (LoRA folded in), written to `export_dir` (the
+trained model's folder) as `encoder-<sha256[:16]>.onnx`, named and tagged by the SHA-256 of the exported weights:
+a retrained model gets a new file (the old ones are deleted) and never reads a stale one, and a file whose tag
+does not match the weights (a copy from another model) is refused. Each export is checked against eager PyTorch
+on the first input before it is used. The export holds batch 1 (TinyViT's reshapes fix the batch when traced),
+so a batch of slices runs slice by slice, which costs nothing measurable on a CPU at these sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..atomic import atomic_write
+from ..errors import SAMSPError
+from .embedding_cache import WeightsDigest, state_digest
+
+logger = logging.getLogger(__name__)
+
+Runtime = Literal["torch", "openvino", "onnxruntime"]
+Precision = Literal["fp32", "bf16"]
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+EXPORT_FORMAT = "samsp-encoder-onnx-1"
+DIGEST_KEY = "samsp_encoder_sha256"
+EXPORT_TOLERANCE = 1e-3  # max |export - eager| on the first input, relative to the largest |eager| value
+
+EncodeFn = Callable[[Tensor], Tensor]
+
+
+def default_export_dir() -> str:
+    """Where exports go when no model folder is given: `$XDG_CACHE_HOME/samsp_monai/encoders` (`~/.cache/...`)."""
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samsp_monai" / "encoders")
+
+
+def export_path(export_dir: str | Path, digest: str) -> Path:
+    return Path(export_dir) / f"encoder-{digest[:16]}.onnx"
+
+
+def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path) -> Path:
+    """ONNX export of `encoder` (eval, batch 1 of `example`'s shape) tagged with its weights' SHA-256, written
+    atomically; older exports in the same folder are deleted (each is 40 MB for LiteMedSAM, 360 MB for vit_b)."""
+    for name in ("onnx_ir", "onnxscript"):  # one INFO line per deduplicated initializer otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            encoder.eval(),
+            (example[:1].cpu(),),
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props.update({"format": EXPORT_FORMAT, DIGEST_KEY: digest})
+    atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
+    for old in path.parent.glob("encoder-*.onnx"):
+        if old != path:
+            old.unlink(missing_ok=True)
+            logger.info("deleted %s: exported from other weights", old)
+    logger.info("exported the image encoder to %s", path)
+    return path
+
+
+def check_export(path: Path, digest: str) -> None:
+    """Refuse an export that is not this project's or was made from other weights than `digest`."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:  # a truncated or foreign file raises many different errors
+        raise SAMSPError(f"{path}: not a readable ONNX file ({e}); delete it and it is rebuilt on first use") from e
+    if props.get("format") != EXPORT_FORMAT:
+        raise SAMSPError(f"{path}: not an encoder exported by samsp_monai (no format {EXPORT_FORMAT!r}); delete it")
+    if props.get(DIGEST_KEY) != digest:
+        raise SAMSPError(
+            f"{path}: exported from other weights (encoder sha256 {props.get(DIGEST_KEY, '?')[:16]}...) than this "
+            f"model's ({digest[:16]}...), e.g. copied from another model's folder; delete it and it is rebuilt "
+            "from this model on first use"
+        )
+
+
+def open_export(path: Path, runtime: Runtime, precision: Precision) -> EncodeFn:
+    """A function running the export in `runtime` with as many threads as torch uses (`OMP_NUM_THREADS`)."""
+    threads = torch.get_num_threads()
+    if runtime == "openvino":
+        import openvino
+
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+        compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        return lambda x: torch.from_numpy(np.array(compiled(x.numpy())[0]))
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+class EncoderRuntime:
+    """`runtime(encoder, x, plain)`: the embeddings of preprocessed inputs `x` (B, 3, S, S), computed by `encoder`
+    in eager PyTorch (`runtime="torch"`, in bf16 autocast with `precision="bf16"`) or by an export of
+    `plain()` (the encoder without adapters) run by OpenVINO or ONNX Runtime. The export is rebuilt or reloaded
+    only when `encoder`'s weights change."""
+
+    def __init__(self, runtime: Runtime = "torch", precision: Precision = "fp32", export_dir: str | Path | None = None):
+        if runtime not in RUNTIMES:
+            raise SAMSPError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if precision not in PRECISIONS:
+            raise SAMSPError(f"runtime_precision must be one of {PRECISIONS}, got {precision!r}")
+        if runtime == "onnxruntime" and precision == "bf16":
+            raise SAMSPError("ONNX Runtime has no bf16 on CPU: use runtime 'openvino' for bf16, or fp32")
+        self.runtime, self.precision = runtime, precision
+        self.export_dir = Path(export_dir) if export_dir is not None else Path(default_export_dir())
+        self.weights_digest = WeightsDigest()
+        self._open: tuple[str, EncodeFn] | None = None
+
+    @property
+    def salt(self) -> str:
+        """What sets this runtime's embeddings apart in an embedding cache: bf16 computes otherwise; fp32 exports
+        equal eager within 3e-6, far below the cache's float16 rounding, so they share its entries."""
+        return "" if self.precision == "fp32" else f":{self.precision}"
+
+    def __call__(self, encoder: nn.Module, x: Tensor, plain: Callable[[], nn.Module]) -> Tensor:
+        if self.runtime == "torch":
+            with torch.autocast(x.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+                return encoder(x).float()
+        run = self.opened(encoder, x, plain)
+        return torch.cat([run(image[None].cpu().contiguous()) for image in x]).to(x.device)
+
+    def opened(self, encoder: nn.Module, example: Tensor, plain: Callable[[], nn.Module]) -> EncodeFn:
+        live = self.weights_digest(encoder)
+        if self._open is None or self._open[0] != live:
+            module = plain()
+            digest = state_digest(module.state_dict())
+            path = export_path(self.export_dir, digest)
+            fresh = not path.exists()
+            if fresh:
+                export_encoder(module, example, digest, path)
+            check_export(path, digest)
+            if fresh:
+                self.check_against_eager(module, example[:1], open_export(path, self.runtime, "fp32"), path)
+            self._open = (live, open_export(path, self.runtime, self.precision))
+        return self._open[1]
+
+    def check_against_eager(self, module: nn.Module, example: Tensor, run: EncodeFn, path: Path) -> None:
+        """A new export must give eager's embedding; one that does not is deleted, never used."""
+        with torch.no_grad():
+            eager = module(example).cpu()
+        error = float((run(example.cpu().contiguous()) - eager).abs().max())
+        if not error <= EXPORT_TOLERANCE * max(1.0, float(eager.abs().max())):
+            path.unlink(missing_ok=True)
+            raise SAMSPError(
+                f"the {self.runtime} export of the image encoder differs from PyTorch by {error:.3g} on the first "
+                "input; use runtime 'torch' (and report this with your torch and runtime versions)"
+            )
