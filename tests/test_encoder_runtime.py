@@ -102,17 +102,20 @@ def test_the_memory_cache_is_bounded_reused_and_dropped_when_the_model_changes(t
     from samsp_monai.model.embedding_cache import MemoryStore
 
     images = [torch.rand(1, 1, 64, 64) for _ in range(4)]
-    plain = small_samsp()
+    plain = small_samsp(encoder_training="frozen")
     with torch.no_grad():
-        entry_bytes = plain.sam.image_encoder(plain.preprocess(images[0])).half().nbytes
+        direct = plain.sam.image_encoder(plain.preprocess(images[0]))
+        entry_bytes = direct.nbytes  # kept in float32: a served answer equals the bundle's own inference
     store = MemoryStore(max_bytes=3 * entry_bytes)
     monkeypatch.setattr(MemoryStore, "_shared", store)
     net = small_samsp(encoder_training="frozen", embedding_cache="memory", model_dir=tmp_path).eval()
+    net.load_state_dict(plain.state_dict())
     with torch.no_grad():
+        assert torch.equal(net.encode(plain.preprocess(images[0])), direct)
         first = [net(image) for image in images]
         assert len(store.entries) == 3 and store.size_bytes() <= store.max_bytes  # the oldest one was dropped
-        assert torch.equal(net(images[3]), first[3]) and net.embedding_cache.hits == 1
+        assert torch.equal(net(images[3]), first[3]) and net.embedding_cache.hits == 2
         served = small_samsp(encoder_training="frozen", embedding_cache="memory", model_dir=tmp_path).eval()
         served(images[3])  # another copy of the same folder's model, with new weights: the old entries go
-    assert net.embedding_cache.hits == 1 and len(store.entries) == 1
+    assert net.embedding_cache.hits == 2 and len(store.entries) == 1
     assert store.size_bytes() == entry_bytes

@@ -153,22 +153,31 @@ def test_info_lists_the_model_with_the_metadata_label_names_as_3d(server):
     assert "epistemic" in info["strategies"] and "samsp" in info["scoring"]
 
 
-@pytest.mark.parametrize("image_id", [UNLABELLED_REAL, DEMO_CASE])
-def test_infer_returns_the_bundle_inference_in_the_input_geometry(server, image_id):
-    response = timed(
-        f"/infer {image_id}",
-        requests.post,
-        f"{server['url']}/infer/samsp",
-        params={"image": image_id, "output": "image"},
-        timeout=600,
-    )
+def infer(server, image_id: str, name: str) -> np.ndarray:
+    """The served labels of one image, timed as `name`."""
+    params = {"image": image_id, "output": "image"}
+    response = timed(name, requests.post, f"{server['url']}/infer/samsp", params=params, timeout=600)
     assert response.status_code == 200, response.text[-2000:]
     served_path = server["tmp"] / f"served_{image_id}.nii.gz"
     served_path.write_bytes(response.content)
-    served, volume = nib.load(served_path), nib.load(server["studies"] / f"{image_id}.nii.gz")
+    return np.asarray(nib.load(served_path).dataobj)
+
+
+def exports(server) -> list[str]:
+    return sorted(p.name for p in (server["app"] / "model/samsp/models").glob("encoder-*.onnx"))
+
+
+@pytest.mark.parametrize("image_id", [UNLABELLED_REAL, DEMO_CASE])
+def test_infer_returns_the_bundle_inference_in_the_input_geometry(server, image_id):
+    labels = infer(server, image_id, f"/infer {image_id}")
+    # the served model runs the exported encoder, built beside its model.pt on the first request
+    assert len(exports(server)) == 1
+    # a second request reads the embeddings from the server's memory: same labels (timings printed)
+    np.testing.assert_array_equal(infer(server, image_id, f"/infer {image_id} again"), labels)
+    served = nib.load(server["tmp"] / f"served_{image_id}.nii.gz")
+    volume = nib.load(server["studies"] / f"{image_id}.nii.gz")
     assert served.shape == volume.shape
     np.testing.assert_allclose(served.affine, volume.affine, atol=1e-4)
-    labels = np.asarray(served.dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2}
     configs = [str(CONFIGS / "inference.json"), str(CONFIGS / "demo.json")]
     own = bundle_inference(
@@ -249,6 +258,9 @@ def _digest(path: Path) -> str:
 
 def test_train_twice_trains_each_time_and_replaces_the_served_model_only_when_better(server):
     models = server["app"] / "model/samsp/models"
+    infer(server, DEMO_CASE, "/infer before training")
+    served_export = exports(server)
+    replaced = False
     for attempt in (1, 2):
         before = _digest(models / "model.pt")
         response = timed(
@@ -266,3 +278,7 @@ def test_train_twice_trains_each_time_and_replaces_the_served_model_only_when_be
             assert _digest(models / "model.prev.pt") == before and _digest(models / "model.pt") != before
         else:
             assert _digest(models / "model.pt") == before
+        replaced |= stats["replaced_served_model"]
+    # the next request serves the new weights through a new export, and the stale one is gone
+    infer(server, DEMO_CASE, "/infer after training")
+    assert len(exports(server)) == 1 and (exports(server) != served_export) == replaced

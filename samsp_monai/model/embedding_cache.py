@@ -13,8 +13,10 @@ later ones read back. Two stores:
   (temporary file, then rename), so two processes can share a folder, and an entry that cannot be read or does
   not match its checksum is recomputed, never used;
 - `"memory"` (serving): one store per process, shared by every network in it (MONAI Label's inference and
-  scoring tasks), bounded to `$SAMSP_EMBEDDING_CACHE_MB` (default 1024) MB, least recently used entries dropped
+  scoring tasks), bounded to `$SAMSP_EMBEDDING_CACHE_MB` (default 2048) MB, least recently used entries dropped
   first; when the model of an `owner` (the served model's folder) changes, that model's old entries are dropped.
+  It keeps float32 (4 MB per LiteMedSAM slice: about 500 slices by default), so a served answer equals the
+  bundle's own inference voxel for voxel.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 LOG_EVERY = 200  # new entries between two progress lines
 MEMORY = "memory"
-DEFAULT_MEMORY_MB = 1024
+DEFAULT_MEMORY_MB = 2048
 
 
 def default_cache_dir() -> str:
@@ -166,12 +168,15 @@ class MemoryStore:
 
 class EmbeddingCache:
     """`cache(encoder, x)` = `encoder(x)` for a batch of encoder inputs, read from `location` (a folder, or
-    `"memory"`) where known. `encode` computes the misses instead of `encoder` itself (an exported runtime of the
-    same weights); `salt` keeps apart the entries of a runtime that computes otherwise (bf16)."""
+    `"memory"`) where known, stored in `dtype` (default: float16 in a folder, float32 in memory). `encode` computes
+    the misses instead of `encoder` itself (an exported runtime of the same weights); `salt` keeps apart the entries
+    of a runtime that computes otherwise (bf16)."""
 
-    def __init__(self, location: str | Path, dtype: torch.dtype = torch.float16, owner: str | None = None) -> None:
-        self.location, self.dtype, self.owner = str(location), dtype, owner
-        self.store = MemoryStore.shared() if self.location == MEMORY else DiskStore(Path(location))
+    def __init__(self, location: str | Path, dtype: torch.dtype | None = None, owner: str | None = None) -> None:
+        self.location, self.owner = str(location), owner
+        in_memory = self.location == MEMORY
+        self.store = MemoryStore.shared() if in_memory else DiskStore(Path(location))
+        self.dtype = dtype or (torch.float32 if in_memory else torch.float16)
         self.hits = self.misses = 0
         self.weights_digest = WeightsDigest()
 

@@ -7,9 +7,10 @@ ONNX run 3x faster in ONNX Runtime and 4.5x in OpenVINO at equal output (max dif
 changed the embeddings by as much as their own mean magnitude, so it is not offered.
 
 The export is built from the network's own encoder on first use (LoRA folded in), written to `export_dir` (the
-trained model's folder) as `encoder-<sha256[:16]>.onnx`, named and tagged by the SHA-256 of the exported weights:
-a retrained model gets a new file (the old ones are deleted) and never reads a stale one, and a file whose tag
-does not match the weights (a copy from another model) is refused. Each export is checked against eager PyTorch
+trained model's folder; without one, a cache folder shared by all runs) as `encoder-<sha256[:16]>.onnx`, named
+and tagged by the SHA-256 of the exported weights: a retrained model gets a new file (in a model's folder the old
+ones are deleted) and never reads a stale one, and a file whose tag does not match the weights (a copy from another
+model) is refused. Each export is checked against eager PyTorch
 on the first input before it is used. The export holds batch 1 (TinyViT's reshapes fix the batch when traced),
 so a batch of slices runs slice by slice, which costs nothing measurable on a CPU at these sizes.
 """
@@ -52,9 +53,10 @@ def export_path(export_dir: str | Path, digest: str) -> Path:
     return Path(export_dir) / f"encoder-{digest[:16]}.onnx"
 
 
-def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path) -> Path:
+def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path, prune: bool) -> Path:
     """ONNX export of `encoder` (eval, batch 1 of `example`'s shape) tagged with its weights' SHA-256, written
-    atomically; older exports in the same folder are deleted (each is 40 MB for LiteMedSAM, 360 MB for vit_b)."""
+    atomically. With `prune` (a model's own folder) older exports there are deleted: each is 40 MB for
+    LiteMedSAM, 360 MB for vit_b, and a retrained model never reads them again."""
     for name in ("onnx_ir", "onnxscript"):  # one INFO line per deduplicated initializer otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad():
@@ -68,7 +70,7 @@ def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path)
         )
     program.model.metadata_props.update({"format": EXPORT_FORMAT, DIGEST_KEY: digest})
     atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
-    for old in path.parent.glob("encoder-*.onnx"):
+    for old in path.parent.glob("encoder-*.onnx") if prune else ():
         if old != path:
             old.unlink(missing_ok=True)
             logger.info("deleted %s: exported from other weights", old)
@@ -125,7 +127,7 @@ class EncoderRuntime:
             raise SAMSPError(f"runtime_precision must be one of {PRECISIONS}, got {precision!r}")
         if runtime == "onnxruntime" and precision == "bf16":
             raise SAMSPError("ONNX Runtime has no bf16 on CPU: use runtime 'openvino' for bf16, or fp32")
-        self.runtime, self.precision = runtime, precision
+        self.runtime, self.precision, self.prune = runtime, precision, export_dir is not None
         self.export_dir = Path(export_dir) if export_dir is not None else Path(default_export_dir())
         self.weights_digest = WeightsDigest()
         self._open: tuple[str, EncodeFn] | None = None
@@ -151,7 +153,7 @@ class EncoderRuntime:
             path = export_path(self.export_dir, digest)
             fresh = not path.exists()
             if fresh:
-                export_encoder(module, example, digest, path)
+                export_encoder(module, example, digest, path, self.prune)
             check_export(path, digest)
             if fresh:
                 self.check_against_eager(module, example[:1], open_export(path, self.runtime, "fp32"), path)

@@ -221,9 +221,11 @@ MEANINGS: dict[str, dict[str, str]] = {
         "encoder_checkpointing": "activation checkpointing of the encoder blocks (less GPU memory, more compute)",
         "embedding_cache": "folder keeping the image embeddings of a frozen encoder (each input encoded once; "
         "default: a cache folder when `encoder_training` is `frozen`, else None); `memory`: a bounded in-memory store "
-        "shared by the process (serving; `$SAMSP_EMBEDDING_CACHE_MB`, default 1024)",
-        "runtime": "what computes the image embeddings at inference: `torch` (eager), `openvino` or `onnxruntime` (an "
-        "ONNX export of the encoder, built on first use beside model.pt and named by its weights' hash)",
+        "shared by the process (serving; `$SAMSP_EMBEDDING_CACHE_MB`, default 2048, float32)",
+        "runtime": "what computes the image embeddings where no gradient reaches the encoder: `torch` (eager), "
+        "`openvino` or `onnxruntime` (an ONNX export of the encoder, built on first use beside model.pt, or in a "
+        "cache folder while training, named by its weights' hash; default: `openvino` on a CPU, in training only for "
+        "a frozen encoder)",
         "runtime_precision": "`fp32`, or `bf16` (torch autocast or OpenVINO's bf16 on CPUs with AVX-512 BF16 or AMX)",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
         "network": "`network_def` moved to `device`",
