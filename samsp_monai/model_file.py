@@ -231,7 +231,7 @@ def check_fits(model: TrainedModel, network: torch.nn.Module) -> None:
         raise SAMSPError(
             f"{model.path}: its decoder has {got[tokens].shape[0]} mask tokens where this network has "
             f"{expected[tokens].shape[0]}: it was trained for {got[tokens].shape[0] - 3} class(es), or by samsp-monai "
-            "before 0.2, whose decoder dropped SAM's multimask tokens (one token per class + 1); such a model cannot "
+            "before 0.3, whose decoder dropped SAM's multimask tokens (one token per class + 1); such a model cannot "
             "be converted (every token attends to the others): retrain it"
         )
     parts = [f"{len(v)} {what} (e.g. {v[0]!r})" for what, v in (("missing", missing), ("unexpected", unexpected)) if v]

@@ -94,7 +94,7 @@ def test_a_lora_model_runs_exported_with_its_update_folded_in(tmp_path):
 def test_bad_runtime_settings_are_refused():
     with pytest.raises(SAMSPError, match="runtime must be one of"):
         small_samsp(runtime="tensorrt")
-    with pytest.raises(SAMSPError, match="no bf16"):
+    with pytest.raises(SAMSPError, match="runs runtime_precision fp32 or int8, not 'bf16'"):
         small_samsp(runtime="onnxruntime", runtime_precision="bf16")
 
 

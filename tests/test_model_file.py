@@ -200,7 +200,7 @@ def test_inference_on_a_truncated_model_says_so_in_one_line_without_a_traceback(
 
 
 def test_a_decoder_with_the_old_class_token_count_is_named_as_such(tmp_path):
-    """samsp-monai before 0.2 kept N + 1 mask tokens; the decoder now keeps SAM's four plus one per further class."""
+    """samsp-monai before 0.3 kept N + 1 mask tokens; the decoder now keeps SAM's four plus one per further class."""
     from conftest import small_samsp
 
     from samsp_monai.model_file import check_fits
@@ -208,5 +208,5 @@ def test_a_decoder_with_the_old_class_token_count_is_named_as_such(tmp_path):
     old_two_class_layout = small_samsp(num_classes=1).state_dict()  # 4 tokens, as an old 3-class model had
     path = tmp_path / "model.pt"
     torch.save(old_two_class_layout, path)
-    with pytest.raises(SAMSPError, match=r"4 mask tokens where this network has 6: .*before 0.2.*retrain it"):
+    with pytest.raises(SAMSPError, match=r"4 mask tokens where this network has 6: .*before 0.3.*retrain it"):
         check_fits(load_model(path), small_samsp(num_classes=3))

@@ -34,9 +34,9 @@ from .embedding_cache import WeightsDigest, state_digest
 logger = logging.getLogger(__name__)
 
 Runtime = Literal["torch", "openvino", "onnxruntime"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "int8"]
 RUNTIMES = ("torch", "openvino", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
+SUPPORTED = {"torch": ("fp32", "bf16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
 EXPORT_FORMAT = "samsp-encoder-onnx-1"
 DIGEST_KEY = "samsp_encoder_sha256"
 EXPORT_TOLERANCE = 1e-3  # max |export - eager| on the first input, relative to the largest |eager| value
@@ -108,10 +108,24 @@ def open_export(path: Path, runtime: Runtime, precision: Precision) -> EncodeFn:
         return lambda x: torch.from_numpy(np.array(compiled(x.numpy())[0]))
     import onnxruntime
 
+    if precision == "int8":
+        path = quantized_copy(path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+def quantized_copy(path: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantisation of the export's matrix weights, beside it (`.int8.onnx`)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantized = path.with_suffix(".int8.onnx")
+    if not quantized.exists():
+        partial = quantized.with_suffix(f".{os.getpid()}.tmp")
+        quantize_dynamic(str(path), str(partial))
+        os.replace(partial, quantized)
+    return quantized
 
 
 class EncoderRuntime:
@@ -123,10 +137,11 @@ class EncoderRuntime:
     def __init__(self, runtime: Runtime = "torch", precision: Precision = "fp32", export_dir: str | Path | None = None):
         if runtime not in RUNTIMES:
             raise SAMSPError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if precision not in PRECISIONS:
-            raise SAMSPError(f"runtime_precision must be one of {PRECISIONS}, got {precision!r}")
-        if runtime == "onnxruntime" and precision == "bf16":
-            raise SAMSPError("ONNX Runtime has no bf16 on CPU: use runtime 'openvino' for bf16, or fp32")
+        if precision not in SUPPORTED[runtime]:
+            raise SAMSPError(
+                f"runtime {runtime!r} runs runtime_precision {' or '.join(SUPPORTED[runtime])}, not {precision!r} "
+                "(bf16: torch or openvino; int8: onnxruntime)"
+            )
         self.runtime, self.precision, self.prune = runtime, precision, export_dir is not None
         self.export_dir = Path(export_dir) if export_dir is not None else Path(default_export_dir())
         self.weights_digest = WeightsDigest()
