@@ -91,6 +91,14 @@ def test_a_lora_model_runs_exported_with_its_update_folded_in(tmp_path):
     assert torch.allclose(exported, eager, atol=1e-4)
 
 
+def test_an_unwritable_model_folder_is_named_with_the_way_out(tmp_path):
+    (tmp_path / "a_file").write_text("")  # a folder below a file cannot be written, also not by root
+    net = small_samsp(encoder_training="frozen", runtime="openvino", model_dir=tmp_path / "a_file" / "models").eval()
+    with pytest.raises(SAMSPError, match=r"cannot write the encoder export .*a_file/models.*--runtime torch"):
+        with torch.no_grad():
+            net(torch.rand(1, 1, 64, 64))
+
+
 def test_bad_runtime_settings_are_refused():
     with pytest.raises(SAMSPError, match="runtime must be one of"):
         small_samsp(runtime="tensorrt")

@@ -69,7 +69,13 @@ def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path,
             verbose=False,
         )
     program.model.metadata_props.update({"format": EXPORT_FORMAT, DIGEST_KEY: digest})
-    atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
+    try:
+        atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
+    except OSError as e:
+        raise SAMSPError(
+            f"cannot write the encoder export {path} ({e.strerror}): make its folder writable, or run with "
+            "--runtime torch"
+        ) from e
     for old in path.parent.glob("encoder-*.onnx") if prune else ():
         if old != path:
             old.unlink(missing_ok=True)
