@@ -13,7 +13,7 @@ in a fresh process with `--threads` threads, one setting after the other (never 
 - mean Dice against the ground truth, and its difference from eager fp32 on the same cases.
 
     python scripts/benchmark_cpu.py --kvasir-model RUN/models/model.pt --hippocampus-model RUN/models/model.pt \
-        --out benchmarks/cpu
+        --kvasir-cases 60 --hippocampus-cases 6 --out benchmarks/cpu
 
 Writes OUT/cpu_benchmark.json and OUT/cpu_benchmark.md (the table, with the CPU model and thread count).
 """
@@ -200,7 +200,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hippocampus-model", help="trained MSD hippocampus model.pt (with its model.json)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per setting (default: all)")
-    parser.add_argument("--cases", type=int, help="first N validation cases of each data set (default: all)")
+    for dataset in DATASETS:
+        parser.add_argument(f"--{dataset}-cases", type=int, help=f"first N {dataset} validation cases (default: all)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", help="folder for the table, the logs and each setting's masks (required)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -222,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for dataset, model in models.items():
         if not model:
             continue
-        datalist = write_datalist(dataset, Path(args.data_root), out, args.cases)
+        cases = getattr(args, f"{dataset}_cases")
+        datalist = write_datalist(dataset, Path(args.data_root), out, cases)
         for setting in settings:
             job = {
                 "dataset": dataset,

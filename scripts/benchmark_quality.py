@@ -334,15 +334,16 @@ def train(job: Mapping[str, Any]) -> dict[str, Any]:
     root = Path(job["bundle_root"])
     overrides = bundle_overrides(job) | {"seed": job["seed"], "max_epochs": job["epochs"]}
     wf = ConfigWorkflow(config_file=job["train_configs"], workflow_type="train", logging_file=False, **overrides)
-    wf.initialize()
-    network = wf.parser.get_parsed_content("network")
+    # a finished run (its scoring interrupted) is not initialised again: its training state refuses to continue
     if not (root / "trained.json").is_file():
+        wf.initialize()
         trainer, evaluator = (wf.parser.get_parsed_content(k) for k in ("train#trainer", "validate#evaluator"))
         record_epochs(job, trainer, evaluator)
         wf.run()
         best = json.loads((root / "models" / "model.json").read_text())
         write_json_atomic({"best_val_dice": best["metric_value"], "best_epoch": best["epoch"]}, root / "trained.json")
-    wf.finalize()
+        wf.finalize()
+    network = wf.parser.get_parsed_content("network")
     trained = json.loads((root / "trained.json").read_text())
     return trained | {
         "params": sum(p.numel() for p in network.parameters()),
