@@ -17,6 +17,7 @@ A root inside site-packages is refused whichever rule chose it.
 
 from __future__ import annotations
 
+import os
 import site
 import sys
 import sysconfig
@@ -59,3 +60,8 @@ def default_bundle_root(argv: Sequence[str] | None = None) -> str:
             "environment is rebuilt. Run from the bundle folder, or pass --bundle_root DIR"
         )
     return str(root)
+
+
+def user_cache_dir(name: str) -> Path:
+    """`$XDG_CACHE_HOME/samsp_monai/<name>` (`~/.cache/samsp_monai/<name>`): what every run on this machine shares."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samsp_monai" / name

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write
+from ..paths import user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def default_cache_dir() -> str:
     every run on this machine, so arms, seeds and reruns on the same images share their entries."""
     if os.environ.get("SAMSP_EMBEDDING_CACHE"):
         return os.environ["SAMSP_EMBEDDING_CACHE"]
-    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samsp_monai" / "embeddings")
+    return str(user_cache_dir("embeddings"))
 
 
 def tensor_digest(tensor: Tensor) -> str:

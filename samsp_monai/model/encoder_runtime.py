@@ -29,24 +29,20 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_write
 from ..errors import SAMSPError
+from ..paths import user_cache_dir
 from .embedding_cache import WeightsDigest, state_digest
 
 logger = logging.getLogger(__name__)
 
 Runtime = Literal["torch", "openvino", "onnxruntime"]
 Precision = Literal["fp32", "bf16", "int8"]
-RUNTIMES = ("torch", "openvino", "onnxruntime")
 SUPPORTED = {"torch": ("fp32", "bf16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
+RUNTIMES = tuple(SUPPORTED)
 EXPORT_FORMAT = "samsp-encoder-onnx-1"
 DIGEST_KEY = "samsp_encoder_sha256"
 EXPORT_TOLERANCE = 1e-3  # max |export - eager| on the first input, relative to the largest |eager| value
 
 EncodeFn = Callable[[Tensor], Tensor]
-
-
-def default_export_dir() -> str:
-    """Where exports go when no model folder is given: `$XDG_CACHE_HOME/samsp_monai/encoders` (`~/.cache/...`)."""
-    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samsp_monai" / "encoders")
 
 
 def export_path(export_dir: str | Path, digest: str) -> Path:
@@ -149,7 +145,7 @@ class EncoderRuntime:
                 "(bf16: torch or openvino; int8: onnxruntime)"
             )
         self.runtime, self.precision, self.prune = runtime, precision, export_dir is not None
-        self.export_dir = Path(export_dir) if export_dir is not None else Path(default_export_dir())
+        self.export_dir = Path(export_dir) if export_dir is not None else user_cache_dir("encoders")
         self.weights_digest = WeightsDigest()
         self._open: tuple[str, EncodeFn] | None = None
 
