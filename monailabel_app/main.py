@@ -42,6 +42,13 @@ SCORE_KEY = "samsp_consistency"
 MODEL_TS_KEY = "samsp_consistency_model_ts"
 
 
+def self_prompting(bundle_path: str) -> bool:
+    """Whether the served network prompts itself (a single-pass model has no second pass to score)."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle_path, "configs", "inference.json"))
+    return bool(parser.get_parsed_content("network_def#self_prompt", instantiate=False))
+
+
 class SelfConsistencyScoring(ScoringMethod):
     """Scores unlabelled images by how much SAM-SP's self-prompted pass changes its prompt-free prediction."""
 
@@ -123,7 +130,10 @@ class SAMSPApp(monaibundle_main.MyApp, MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         methods = super().init_scoring_methods()
         for name, path in self.models.items():
-            methods[f"{name}_consistency"] = SelfConsistencyScoring(path)
+            if self_prompting(path):
+                methods[f"{name}_consistency"] = SelfConsistencyScoring(path)
+            else:
+                logger.info("%s: single-pass model (self_prompt false), no %s_consistency scoring", name, name)
         return methods
 
     def init_strategies(self) -> dict[str, Strategy]:

@@ -38,9 +38,7 @@ sys.path.insert(0, str(REPO))
 
 SETTINGS: dict[str, dict[str, str]] = {
     "torch fp32": {"runtime": "torch", "runtime_precision": "fp32"},
-    "torch bf16": {"runtime": "torch", "runtime_precision": "bf16"},
     "onnxruntime fp32": {"runtime": "onnxruntime", "runtime_precision": "fp32"},
-    "onnxruntime int8": {"runtime": "onnxruntime", "runtime_precision": "int8"},
     "openvino fp32": {"runtime": "openvino", "runtime_precision": "fp32"},
     "openvino bf16": {"runtime": "openvino", "runtime_precision": "bf16"},
 }

@@ -146,6 +146,9 @@ def test_self_consistency_compares_pass_one_with_the_final_pass_in_eval_mode():
     single = self_consistency(network, volume[..., :1], inferer)
     assert single == pytest.approx(expected)
     assert self_consistency(network, volume, inferer) == self_consistency(network, volume, inferer)  # no dropout
+    network.self_prompt = False  # a single-pass model has no second pass: refused, not an IndexError
+    with pytest.raises(SAMSPError, match="self_prompt False"):
+        self_consistency(network, volume, inferer)
 
 
 def test_dropout_samples_in_train_mode_with_one_tensor_out():

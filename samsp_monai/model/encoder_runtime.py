@@ -1,24 +1,24 @@
 """The image encoder at inference: eager PyTorch, or an ONNX export of it run by OpenVINO or ONNX Runtime.
 
-On a CPU the encoder is nearly all of the cost (LiteMedSAM: 75 GFLOPs per 256 px slice, 2.4 s on one core in eager
-fp32 PyTorch). Measured on one core of these machines (`scripts/benchmark_cpu.py`), the same weights exported to
-ONNX run 3x faster in ONNX Runtime and 4.5x in OpenVINO at equal output (max difference 3e-6), and OpenVINO in bf16
-(AVX-512 BF16 or AMX CPUs; others run f32) 8x; dynamic int8 quantisation of the export was slower than fp32 and
-changed the embeddings by as much as their own mean magnitude, so it is not offered.
+On a CPU the encoder is nearly all of the cost (LiteMedSAM: 75 GFLOPs per 256 px slice, about 1 s in eager fp32
+PyTorch on 2 cores). Measured by `scripts/benchmark_cpu.py` on 2 cores (benchmarks/cpu/cpu_benchmark.md), the same
+weights exported to ONNX run the encoder 2.3 to 3.9x faster in ONNX Runtime and 3.5 to 5.9x in OpenVINO with
+eager's Dice to the hundredth of a point, and OpenVINO in bf16 (CPUs with AVX-512 BF16 or AMX; others run f32)
+6.4 to 9.5x, 0.11 (Kvasir) and 0.23 (hippocampus) Dice points from eager. Kept only what gained at equal Dice:
+ONNX Runtime's dynamic int8 quantisation was slower than fp32 and lost 24 to 67 Dice points, and eager bf16
+autocast was slower than OpenVINO fp32 and moved Dice by 0.3 points, so neither is offered.
 
 The export is built from the network's own encoder on first use (LoRA folded in), written to `export_dir` (the
 trained model's folder; without one, a cache folder shared by all runs) as `encoder-<sha256[:16]>.onnx`, named
 and tagged by the SHA-256 of the exported weights: a retrained model gets a new file (in a model's folder the old
 ones are deleted) and never reads a stale one, and a file whose tag does not match the weights (a copy from another
-model) is refused. Each export is checked against eager PyTorch
-on the first input before it is used. The export holds batch 1 (TinyViT's reshapes fix the batch when traced),
-so a batch of slices runs slice by slice, which costs nothing measurable on a CPU at these sizes.
+model) is refused. Each export is checked against eager PyTorch on the first input before it is used. The export
+holds batch 1 (TinyViT's reshapes fix the batch when traced), so a batch of slices runs slice by slice.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -35,8 +35,8 @@ from .embedding_cache import WeightsDigest, state_digest
 logger = logging.getLogger(__name__)
 
 Runtime = Literal["torch", "openvino", "onnxruntime"]
-Precision = Literal["fp32", "bf16", "int8"]
-SUPPORTED = {"torch": ("fp32", "bf16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
+Precision = Literal["fp32", "bf16"]
+SUPPORTED = {"torch": ("fp32",), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
 RUNTIMES = tuple(SUPPORTED)
 EXPORT_FORMAT = "samsp-encoder-onnx-1"
 DIGEST_KEY = "samsp_encoder_sha256"
@@ -110,29 +110,15 @@ def open_export(path: Path, runtime: Runtime, precision: Precision) -> EncodeFn:
         return lambda x: torch.from_numpy(np.array(compiled(x.numpy())[0]))
     import onnxruntime
 
-    if precision == "int8":
-        path = quantized_copy(path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
 
 
-def quantized_copy(path: Path) -> Path:
-    """ONNX Runtime's dynamic int8 quantisation of the export's matrix weights, beside it (`.int8.onnx`)."""
-    from onnxruntime.quantization import quantize_dynamic
-
-    quantized = path.with_suffix(".int8.onnx")
-    if not quantized.exists():
-        partial = quantized.with_suffix(f".{os.getpid()}.tmp")
-        quantize_dynamic(str(path), str(partial))
-        os.replace(partial, quantized)
-    return quantized
-
-
 class EncoderRuntime:
     """`runtime(encoder, x, plain)`: the embeddings of preprocessed inputs `x` (B, 3, S, S), computed by `encoder`
-    in eager PyTorch (`runtime="torch"`, in bf16 autocast with `precision="bf16"`) or by an export of
+    in eager PyTorch (`runtime="torch"`) or by an export of
     `plain()` (the encoder without adapters) run by OpenVINO or ONNX Runtime. The export is rebuilt or reloaded
     only when `encoder`'s weights change."""
 
@@ -142,7 +128,7 @@ class EncoderRuntime:
         if precision not in SUPPORTED[runtime]:
             raise SAMSPError(
                 f"runtime {runtime!r} runs runtime_precision {' or '.join(SUPPORTED[runtime])}, not {precision!r} "
-                "(bf16: torch or openvino; int8: onnxruntime)"
+                "(bf16: openvino)"
             )
         self.runtime, self.precision, self.prune = runtime, precision, export_dir is not None
         self.export_dir = Path(export_dir) if export_dir is not None else user_cache_dir("encoders")
@@ -157,8 +143,7 @@ class EncoderRuntime:
 
     def __call__(self, encoder: nn.Module, x: Tensor, plain: Callable[[], nn.Module]) -> Tensor:
         if self.runtime == "torch":
-            with torch.autocast(x.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-                return encoder(x).float()
+            return encoder(x)
         run = self.opened(encoder, x, plain)
         return torch.cat([run(image[None].cpu().contiguous()) for image in x]).to(x.device)
 

@@ -48,7 +48,13 @@ def self_consistency(
     network: SAMSP, image: Tensor, inferer: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor]
 ) -> float:
     """Disagreement of pass 1 and the final pass on one (C, *spatial) image or volume, through `inferer`
-    (e.g. the bundle's `SliceInferer`, which stacks per-slice outputs into volumes)."""
+    (e.g. the bundle's `SliceInferer`, which stacks per-slice outputs into volumes). A single-pass network
+    (`self_prompt=False`) has no second pass to compare and is refused."""
+    if not network.self_prompt:
+        raise SAMSPError(
+            "self-consistency compares the self-prompted pass with pass 1; this model was built with "
+            "self_prompt False (single pass), so it has none: rank with the strategy 'random' or 'epistemic'"
+        )
     with both_passes(network):
         final, first = inferer(image[None], lambda x: tuple(network(x)))
     return probability_disagreement(first, final)

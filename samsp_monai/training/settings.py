@@ -226,7 +226,7 @@ MEANINGS: dict[str, dict[str, str]] = {
         "`openvino` or `onnxruntime` (an ONNX export of the encoder, built on first use beside model.pt, or in a "
         "cache folder while training, named by its weights' hash; default: `openvino` on a CPU, in training only for "
         "a frozen encoder)",
-        "runtime_precision": "`fp32`, or `bf16` (torch autocast or OpenVINO's bf16 on CPUs with AVX-512 BF16 or AMX)",
+        "runtime_precision": "`fp32`, or `bf16` with `openvino` (CPUs with AVX-512 BF16 or AMX; others run f32)",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
         "network": "`network_def` moved to `device`",
     },
