@@ -42,6 +42,7 @@ SKIPPED = {
     "download_large_files": "downloads the SAM weights",
     "prepare_monailabel_app.py": "needs requirements-monailabel.txt; test_monailabel_integration.py runs it",
     "benchmark_gpu.py": "a GPU benchmark (minutes); its --quick smoke test runs in test_benchmark_gpu.py",
+    "benchmark_cpu.py": "times every runtime on trained models (minutes); test_benchmark_cpu.py runs it on a small one",
 }
 
 SHIM = '''#!{python}
