@@ -91,6 +91,17 @@ def test_a_lora_model_runs_exported_with_its_update_folded_in(tmp_path):
     assert torch.allclose(exported, eager, atol=1e-4)
 
 
+def test_a_traced_network_holds_the_encoder_not_a_runtime_call_or_a_cached_embedding(tmp_path):
+    """MONAI's ckpt_export traces the served network (memory cache, exported runtime): the trace must compute
+    each new input's embedding, not replay the example's."""
+    net = small_samsp(encoder_training="frozen", embedding_cache="memory", runtime="onnxruntime", model_dir=tmp_path)
+    example, other = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(net.eval(), example)
+        net.encoder_runtime, net.embedding_cache = EncoderRuntime("torch"), None
+        assert torch.allclose(traced(other), net(other), atol=1e-5)
+
+
 def test_an_unwritable_model_folder_is_named_with_the_way_out(tmp_path):
     (tmp_path / "a_file").write_text("")  # a folder below a file cannot be written, also not by root
     net = small_samsp(encoder_training="frozen", runtime="openvino", model_dir=tmp_path / "a_file" / "models").eval()

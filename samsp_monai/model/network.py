@@ -187,11 +187,14 @@ class SAMSP(nn.Module):
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
     def encode(self, x: Tensor) -> Tensor:
-        """Image embeddings of preprocessed inputs: eager while a gradient reaches the encoder, else by the
-        runtime, through the embedding cache where one is set (a folder only while the encoder is frozen)."""
+        """Image embeddings of preprocessed inputs: eager while a gradient reaches the encoder or the network is
+        traced or exported (the graph must hold the encoder, not a runtime call or a cache lookup, which a trace
+        would record as constants), else by the runtime, through the embedding cache where one is set (a folder
+        only while the encoder is frozen)."""
         encoder = self.sam.image_encoder
         trained = any(p.requires_grad for p in encoder.parameters())
-        if trained and torch.is_grad_enabled():
+        graph = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if graph or (trained and torch.is_grad_enabled()):
             return encoder(x)
         run = partial(self.encoder_runtime, encoder, plain=self.plain_encoder)
         if self.embedding_cache is None or (trained and not self.embedding_cache.bounded):
