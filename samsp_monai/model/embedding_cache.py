@@ -173,13 +173,19 @@ class EmbeddingCache:
     the misses instead of `encoder` itself (an exported runtime of the same weights); `salt` keeps apart the entries
     of a runtime that computes otherwise (bf16)."""
 
-    def __init__(self, location: str | Path, dtype: torch.dtype | None = None, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        location: str | Path,
+        dtype: torch.dtype | None = None,
+        owner: str | None = None,
+        weights_digest: WeightsDigest | None = None,
+    ) -> None:
         self.location, self.owner = str(location), owner
         in_memory = self.location == MEMORY
         self.store = MemoryStore.shared() if in_memory else DiskStore(Path(location))
         self.dtype = dtype or (torch.float32 if in_memory else torch.float16)
         self.hits = self.misses = 0
-        self.weights_digest = WeightsDigest()
+        self.weights_digest = weights_digest or WeightsDigest()
 
     @property
     def bounded(self) -> bool:

@@ -120,9 +120,16 @@ class EncoderRuntime:
     """`runtime(encoder, x, plain)`: the embeddings of preprocessed inputs `x` (B, 3, S, S), computed by `encoder`
     in eager PyTorch (`runtime="torch"`) or by an export of
     `plain()` (the encoder without adapters) run by OpenVINO or ONNX Runtime. The export is rebuilt or reloaded
-    only when `encoder`'s weights change."""
+    only when `encoder`'s weights change; `weights_digest` may be shared with an embedding cache of the same
+    encoder, so its weights are hashed once."""
 
-    def __init__(self, runtime: Runtime = "torch", precision: Precision = "fp32", export_dir: str | Path | None = None):
+    def __init__(
+        self,
+        runtime: Runtime = "torch",
+        precision: Precision = "fp32",
+        export_dir: str | Path | None = None,
+        weights_digest: WeightsDigest | None = None,
+    ) -> None:
         if runtime not in RUNTIMES:
             raise SAMSPError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if precision not in SUPPORTED[runtime]:
@@ -132,7 +139,7 @@ class EncoderRuntime:
             )
         self.runtime, self.precision, self.prune = runtime, precision, export_dir is not None
         self.export_dir = Path(export_dir) if export_dir is not None else user_cache_dir("encoders")
-        self.weights_digest = WeightsDigest()
+        self.weights_digest = weights_digest or WeightsDigest()
         self._open: tuple[str, EncodeFn] | None = None
 
     @property
@@ -151,7 +158,7 @@ class EncoderRuntime:
         live = self.weights_digest(encoder)
         if self._open is None or self._open[0] != live:
             module = plain()
-            digest = state_digest(module.state_dict())
+            digest = live if module is encoder else state_digest(module.state_dict())
             path = export_path(self.export_dir, digest)
             fresh = not path.exists()
             if fresh:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
-from .embedding_cache import EmbeddingCache
+from .embedding_cache import EmbeddingCache, WeightsDigest
 from .encoder_runtime import EncoderRuntime, Precision, Runtime
 from .geometry import GEOMETRIES, Geometry, content_shape, from_model_frame, to_model_frame
 from .lite_medsam import LITE_MEDSAM
@@ -138,8 +138,11 @@ class SAMSP(nn.Module):
         self.gt_box_prob, self.gt_box_jitter = gt_box_prob, gt_box_jitter
         self.minmax_input = variant == LITE_MEDSAM
         owner = str(model_dir) if model_dir is not None else None
-        self.embedding_cache = EmbeddingCache(embedding_cache, owner=owner) if embedding_cache is not None else None
-        self.encoder_runtime = EncoderRuntime(runtime, runtime_precision, model_dir)
+        digest = WeightsDigest()  # one hash of the encoder's weights for the cache's keys and the export's name
+        self.embedding_cache = (
+            EmbeddingCache(embedding_cache, owner=owner, weights_digest=digest) if embedding_cache is not None else None
+        )
+        self.encoder_runtime = EncoderRuntime(runtime, runtime_precision, model_dir, digest)
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
