@@ -94,11 +94,10 @@ def job_config(job: Mapping[str, Any]) -> Path:
     return path
 
 
-def encoder_inputs(parser: Any, network: Any, cases: int) -> list[Any]:
+def encoder_inputs(parser: Any, network: Any, cases: int, volumes: bool) -> list[Any]:
     """Preprocessed encoder inputs of the first `cases` cases, in the batches inference runs them in."""
     import torch
 
-    volumes = "SliceInferer" in str(parser["inferer"]["_target_"])
     batch = int(parser.get_parsed_content("sw_batch_size")) if volumes else 1
     axis = int(parser.get_parsed_content("slice_axis")) if volumes else 0
     dataset = parser.get_parsed_content("dataset")
@@ -130,6 +129,7 @@ def run_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     from monai.bundle import ConfigWorkflow
 
     from samsp_monai.model_file import load_model
+    from samsp_monai.serving.serving_bundle import segments_volumes
 
     started = time.perf_counter()
     torch.set_num_threads(job["threads"])
@@ -138,7 +138,8 @@ def run_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     wf.initialize()
     network = wf.parser.get_parsed_content("network").eval()
     network.load_state_dict(load_model(job["model"]).state_dict)
-    batches = encoder_inputs(wf.parser, network, ENCODER_CASES[job["dataset"]])
+    volumes = segments_volumes(wf.parser.config)
+    batches = encoder_inputs(wf.parser, network, ENCODER_CASES[job["dataset"]], volumes)
     with torch.no_grad():
         first = time.perf_counter()
         network.encode(batches[0][:1])
@@ -153,7 +154,6 @@ def run_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     end_to_end = time.perf_counter() - start
     wf.finalize()
     summary = json.loads((Path(job["output_dir"]) / "metrics_summary.json").read_text())
-    volumes = "SliceInferer" in str(wf.parser["inferer"]["_target_"])
     free = content_free_slices(wf.parser) if volumes and job["setting"] == "torch fp32" else None
     return {
         "content_free_slices": free,

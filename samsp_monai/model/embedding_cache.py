@@ -150,14 +150,14 @@ class MemoryStore:
             self.owners[owner] = weights
         self.drop(key)
         self.entries[key] = (weights, embedding.clone())
-        self.bytes += embedding.numel() * embedding.element_size()
+        self.bytes += embedding.nbytes
         while self.bytes > self.max_bytes and len(self.entries) > 1:
             self.drop(next(iter(self.entries)))
 
     def drop(self, key: str) -> None:
         if key in self.entries:
             embedding = self.entries.pop(key)[1]
-            self.bytes -= embedding.numel() * embedding.element_size()
+            self.bytes -= embedding.nbytes
 
     def forget(self, weights: str) -> None:
         for key in [k for k, (w, _) in self.entries.items() if w == weights]:

@@ -148,14 +148,18 @@ def write_train_stats(ckpt_dir: str | Path, trainer: Any, best_model: BestModelS
     return stats
 
 
+def segments_volumes(inference: Mapping[str, Any]) -> bool:
+    """Whether an (unresolved) inference config segments volumes slice by slice (its inferer) rather than 2D images."""
+    return "SliceInferer" in str(inference["inferer"].get("_target_", ""))
+
+
 def serving_metadata(metadata: Mapping[str, Any], inference: Mapping[str, Any]) -> dict[str, Any]:
     """metadata.json as MONAI Label reads it: label names from `class_names`, dimension from the inferer."""
     metadata = copy.deepcopy(dict(metadata))
     class_names = inference.get("class_names")
     if not isinstance(class_names, dict):
         raise SAMSPError("inference config: `class_names` must be a dict such as {'1': 'anterior', '2': 'posterior'}")
-    volumes = "SliceInferer" in str(inference["inferer"].get("_target_", ""))
-    shape = ["*", "*", "*"] if volumes else ["*", "*"]
+    shape = ["*", "*", "*"] if segments_volumes(inference) else ["*", "*"]
     formats = metadata["network_data_format"]
     formats["inputs"]["image"]["spatial_shape"] = shape
     pred = formats["outputs"]["pred"]
