@@ -133,7 +133,7 @@ class SAMSPApp(monaibundle_main.MyApp, MONAILabelApp):
             if self_prompting(path):
                 methods[f"{name}_consistency"] = SelfConsistencyScoring(path)
             else:
-                logger.info("%s: single-pass model (self_prompt false), no %s_consistency scoring", name, name)
+                logger.info("%s: single-pass model (self_prompt False), no %s_consistency scoring", name, name)
         return methods
 
     def init_strategies(self) -> dict[str, Strategy]:
