@@ -164,9 +164,11 @@ class EncoderRuntime:
             if fresh:
                 export_encoder(module, example, digest, path, self.prune)
             check_export(path, digest)
-            if fresh:
-                self.check_against_eager(module, example[:1], open_export(path, self.runtime, "fp32"), path)
-            self._open = (live, open_export(path, self.runtime, self.precision))
+            run = open_export(path, self.runtime, self.precision)
+            if fresh:  # checked in fp32, which must equal eager; an fp32 runtime is checked as it will run
+                checked = run if self.precision == "fp32" else open_export(path, self.runtime, "fp32")
+                self.check_against_eager(module, example[:1], checked, path)
+            self._open = (live, run)
         return self._open[1]
 
     def check_against_eager(self, module: nn.Module, example: Tensor, run: EncodeFn, path: Path) -> None:
