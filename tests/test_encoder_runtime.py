@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import small_samsp
+from conftest import REPO, small_samsp
 from test_lite_medsam import kvasir_case
 
 from samsp_monai import SAMSP
@@ -100,6 +102,30 @@ def test_a_traced_network_holds_the_encoder_not_a_runtime_call_or_a_cached_embed
         traced = torch.jit.trace(net.eval(), example)
         net.encoder_runtime, net.embedding_cache = EncoderRuntime("torch"), None
         assert torch.allclose(traced(other), net(other), atol=1e-5)
+
+
+RELEASED_ELSEWHERE = """
+import gc, os, signal, sys, threading, time, torch
+sys.path.insert(0, {tests!r})
+from conftest import small_samsp
+net = small_samsp(encoder_training="frozen", runtime="openvino", model_dir={folder!r}).eval()
+with torch.no_grad():
+    net(torch.rand(1, 1, 64, 64))
+released = threading.Thread(target=lambda: (net.encoder_runtime.__dict__.clear(), gc.collect()))
+released.start(), released.join()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+time.sleep(0.2)
+"""
+
+
+def test_an_openvino_model_released_by_another_thread_leaves_signals_working(tmp_path):
+    """OpenVINO's CPU plugin gives the compiling thread a signal stack that it frees wherever the model is
+    released: compiled in the main thread and collected in another, the next signal handled in the main thread
+    was a SIGSEGV. This killed the test suite's process at a later, unrelated test."""
+    script = RELEASED_ELSEWHERE.format(tests=str(REPO / "tests"), folder=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "handled", (done.returncode, done.stderr[-2000:])
 
 
 def test_an_unwritable_model_folder_is_named_with_the_way_out(tmp_path):

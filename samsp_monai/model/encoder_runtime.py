@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -98,15 +99,26 @@ def check_export(path: Path, digest: str) -> None:
         )
 
 
+def compile_openvino(path: Path, config: dict[str, Any]) -> Any:
+    """The export compiled for OpenVINO's CPU plugin, in a thread of its own that ends with the call.
+
+    The plugin (2026.4) gives the thread that compiles a model an alternate signal stack and frees that stack when
+    the model is released, resetting it only if the releasing thread is the one that compiled. Python's garbage
+    collector releases objects in whatever thread runs it, so a model compiled in a thread that lives on (the main
+    thread) could leave it a freed signal stack, and the next Python signal handler run there (SIGCHLD, SIGINT)
+    killed the process with SIGSEGV. A thread that ends right after compiling holds nothing afterwards."""
+    import openvino
+
+    with ThreadPoolExecutor(1) as compiler:
+        return compiler.submit(lambda: openvino.Core().compile_model(str(path), "CPU", config)).result()
+
+
 def open_export(path: Path, runtime: Runtime, precision: Precision) -> EncodeFn:
     """A function running the export in `runtime` with as many threads as torch uses (`OMP_NUM_THREADS`)."""
     threads = torch.get_num_threads()
     if runtime == "openvino":
-        import openvino
-
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
-        compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        compiled = compile_openvino(path, {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads})
         return lambda x: torch.from_numpy(np.array(compiled(x.numpy())[0]))
     import onnxruntime
 
