@@ -29,10 +29,12 @@ def test_runtimes_are_timed_and_scored_side_by_side_with_eager(tmp_path):
     command += ["--settings", "openvino fp32", "openvino bf16"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "cpu/cpu_benchmark.json").read_text())["results"]
+    report = json.loads((tmp_path / "cpu/cpu_benchmark.json").read_text())
+    results = report["results"]
+    assert report["reference"] == "torch fp32" and results[0]["content_free_slices"] is None  # 2D: no volumes
     assert [r["setting"] for r in results] == ["torch fp32", "openvino fp32", "openvino bf16"]
     assert all(r["cases"] == 3 and r["encoder_slices_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in results)
     assert results[1]["dice"] == pytest.approx(results[0]["dice"], abs=1e-3)  # fp32 export: eager's masks
     assert len(list((tmp_path / "cpu/kvasir/openvino_fp32").glob("*_seg.png"))) == 3
     table = (tmp_path / "cpu/cpu_benchmark.md").read_text()
-    assert "1 threads" in table and table.count("| kvasir (3 cases) |") == 3
+    assert "1 threads" in table and table.count("| kvasir (3 cases) |") == 3 and "Δ Dice vs torch fp32" in table
