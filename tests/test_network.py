@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import small_samsp
 
 from samsp_monai import SAMSP, SAMSPError, SAMSPOutput
+from samsp_monai.model.boxes import masks_to_boxes
 
 
 def _count_encoder_calls(net) -> list[int]:
@@ -84,6 +85,27 @@ def test_empty_first_pass_follows_the_configured_rule(rule):
     nothing = torch.full((1, 1, 16, 16), -5.0)
     refined = net.decode(embeddings, nothing)
     assert torch.equal(refined, nothing) == (rule == "keep_previous")
+
+
+def test_a_self_prompted_pass_decodes_only_the_classes_the_previous_pass_found():
+    """With keep_previous, (image, class) pairs without a box are not decoded, and the result equals decoding
+    every pair and keeping the empty pairs' previous logits; with nothing found, the decoder does not run."""
+    net = small_samsp(num_classes=2).eval()
+    rows = []
+    net.sam.mask_decoder.transformer.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    previous = torch.full((3, 2, 16, 16), -5.0)
+    previous[0, 0, 2:6, 2:6] = previous[0, 1, 8:12, 9:13] = previous[1, 0, 4:9, 3:7] = 5.0  # image 2: nothing
+    with torch.no_grad():
+        embeddings = net.sam.image_encoder(net.preprocess(torch.rand(3, 1, 64, 64)))
+        refined = net.decode(embeddings, previous)
+        boxes, empty = masks_to_boxes(net.labels(previous), 4)
+        every_pair = net.decode_boxes(embeddings, boxes)
+        assert rows == [3, 6]
+        assert torch.allclose(refined, torch.where(empty[..., None, None], previous, every_pair), atol=1e-5)
+        assert not torch.equal(refined[0], previous[0]) and torch.equal(refined[2], previous[2])
+        rows.clear()
+        assert torch.equal(net.decode(embeddings, torch.full_like(previous, -5.0)), torch.full_like(previous, -5.0))
+        assert rows == []
 
 
 @pytest.mark.parametrize("train_rule, infer_rule", [("full_image", "keep_previous"), ("keep_previous", "full_image")])

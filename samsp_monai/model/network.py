@@ -196,8 +196,7 @@ class SAMSP(nn.Module):
         only while the encoder is frozen)."""
         encoder = self.sam.image_encoder
         trained = any(p.requires_grad for p in encoder.parameters())
-        graph = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if graph or (trained and torch.is_grad_enabled()):
+        if in_graph() or (trained and torch.is_grad_enabled()):
             return encoder(x)
         run = partial(self.encoder_runtime, encoder, plain=self.plain_encoder)
         if self.embedding_cache is None or (trained and not self.embedding_cache.bounded):
@@ -229,20 +228,36 @@ class SAMSP(nn.Module):
             self.empty_prompts = empty.detach()
         if target is not None:
             boxes, empty = self.mix_in_gt_boxes(boxes, empty, target)
-        refined = self.decode_boxes(embeddings, boxes)
         if (self.empty_box_train if self.training else self.empty_box) == "keep_previous":
-            refined = torch.where(empty[..., None, None], previous, refined)
-        return refined
+            return torch.where(empty[..., None, None], previous, self.decode_boxes(embeddings, boxes, previous, empty))
+        return self.decode_boxes(embeddings, boxes)
 
-    def decode_boxes(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
+    def decode_boxes(
+        self, embeddings: Tensor, boxes: Tensor, previous: Tensor | None = None, empty: Tensor | None = None
+    ) -> Tensor:
         """Low-resolution logits (B, N, h, w) of class c prompted by box (b, c) of `boxes` (B, N, 4), given in the
-        encoder's input pixels (x0, y0, x1, y1): one decoder call, row (b, c) attends to image b, and the mask of
-        class c is token c of its box row."""
-        pe = self.sam.prompt_encoder.get_dense_pe()
+        encoder's input pixels (x0, y0, x1, y1): one decoder call with a row per (image, class) pair, attending to
+        its image, the mask of class c being token c of its row.
+
+        Given `previous` logits, the pairs flagged `empty` are not decoded and keep them: on a CPU the decoder
+        costs as much as an encoder pass for a volume's self-prompted pass, and a slice without a class would
+        only have its decoded row thrown away. A traced or exported graph decodes every pair (its shapes may not
+        depend on the data), which `decode` then overrides just the same."""
         b, n = boxes.shape[:2]
-        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes.reshape(b * n, 4), masks=None)
-        rows = self.sam.mask_decoder.class_logits(embeddings, pe, sparse, dense)
-        return rows.unflatten(0, (b, n)).diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+        if previous is not None and not in_graph():
+            image, cls = (~empty).nonzero(as_tuple=True)
+            if not len(image):
+                return previous
+        else:
+            image = torch.arange(b, device=boxes.device).repeat_interleave(n)
+            cls = torch.arange(n, device=boxes.device).repeat(b)
+        pe = self.sam.prompt_encoder.get_dense_pe()
+        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes[image, cls], masks=None)
+        rows = self.sam.mask_decoder.class_logits(embeddings[image], pe, sparse, dense)
+        decoded = rows.gather(1, cls[:, None, None, None].expand(-1, 1, *rows.shape[-2:])).squeeze(1)
+        if previous is None:  # every pair, in row-major order
+            return decoded.unflatten(0, (b, n))
+        return previous.index_put((image, cls), decoded.to(previous.dtype))
 
     def mix_in_gt_boxes(self, boxes: Tensor, empty: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
@@ -268,6 +283,11 @@ class SAMSP(nn.Module):
         float32 whatever the autocast dtype, so losses, softmax and thresholds never see bf16/fp16 logits.
         """
         return with_background(from_model_frame(logits.float(), size, self.img_size, self.geometry))
+
+
+def in_graph() -> bool:
+    """Whether the network is being traced, compiled or exported: then no step may depend on data values."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def minmax_content(x: Tensor, content: Sequence[int]) -> Tensor:
