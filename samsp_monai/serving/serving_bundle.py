@@ -34,7 +34,6 @@ from ..model.embedding_cache import MEMORY
 from ..training.checkpoints import BestModelSaver
 
 DATASET_DIR = "$@bundle_root + '/data'"
-SERVED_RUNTIME = "$'openvino' if torch.device(@device).type == 'cpu' else 'torch'"
 
 
 def merged_config(files: Sequence[str | Path], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,8 +98,6 @@ def inference_config(
     config["network_def"]["dropout"] = 0.0
     if "embedding_cache" in config:  # a repeated /infer and the scoring of the same image reuse the embeddings
         config["embedding_cache"] = MEMORY
-    if "runtime" in config:  # the served encoder runs exported on a CPU (benchmarks/cpu)
-        config["runtime"] = SERVED_RUNTIME
     config["dataset_dir"] = DATASET_DIR
     image_only_loading(config)
     return config

@@ -224,8 +224,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "shared by the process (serving; `$SAMSP_EMBEDDING_CACHE_MB`, default 2048, float32)",
         "runtime": "what computes the image embeddings where no gradient reaches the encoder: `torch` (eager), "
         "`openvino` or `onnxruntime` (an ONNX export of the encoder, built on first use beside model.pt, or in a "
-        "cache folder while training, named by its weights' hash; default `torch`; MONAI Label serves with `openvino` "
-        "on a CPU)",
+        "cache folder while training, named by its weights' hash; default: `openvino` on a CPU, in training only for "
+        "a frozen encoder)",
         "runtime_precision": "`fp32`, or `bf16` with `openvino` (CPUs with AVX-512 BF16 or AMX; others run f32)",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
         "network": "`network_def` moved to `device`",
