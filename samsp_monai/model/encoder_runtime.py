@@ -70,7 +70,7 @@ def export_encoder(encoder: nn.Module, example: Tensor, digest: str, path: Path,
         atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
     except OSError as e:
         raise SAMSPError(
-            f"cannot write the encoder export {path} ({e.strerror}): make its folder writable, or run with "
+            f"cannot write the encoder export {path} ({e.strerror or e}): make its folder writable, or run with "
             "--runtime torch"
         ) from e
     for old in path.parent.glob("encoder-*.onnx") if prune else ():
