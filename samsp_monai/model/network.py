@@ -239,10 +239,10 @@ class SAMSP(nn.Module):
         encoder's input pixels (x0, y0, x1, y1): one decoder call with a row per (image, class) pair, attending to
         its image, the mask of class c being token c of its row.
 
-        Given `previous` logits, the pairs flagged `empty` are not decoded and keep them: on a CPU the decoder
-        costs as much as an encoder pass for a volume's self-prompted pass, and a slice without a class would
-        only have its decoded row thrown away. A traced or exported graph decodes every pair (its shapes may not
-        depend on the data), which `decode` then overrides just the same."""
+        Given `previous` logits, the pairs flagged `empty` are not decoded and keep them: a slice without a class
+        would only have its decoded row thrown away, and once a volume's embeddings are cached, the decoder rows
+        are what a repeated self-prompted inference costs (seconds per volume on a CPU). A traced or exported graph
+        decodes every pair (its shapes may not depend on the data), which `decode` then overrides just the same."""
         b, n = boxes.shape[:2]
         if previous is not None and not in_graph():
             image, cls = (~empty).nonzero(as_tuple=True)
