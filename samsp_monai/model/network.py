@@ -228,9 +228,8 @@ class SAMSP(nn.Module):
             self.empty_prompts = empty.detach()
         if target is not None:
             boxes, empty = self.mix_in_gt_boxes(boxes, empty, target)
-        if (self.empty_box_train if self.training else self.empty_box) == "keep_previous":
-            return torch.where(empty[..., None, None], previous, self.decode_boxes(embeddings, boxes, previous, empty))
-        return self.decode_boxes(embeddings, boxes)
+        keep_previous = (self.empty_box_train if self.training else self.empty_box) == "keep_previous"
+        return self.decode_boxes(embeddings, boxes, previous if keep_previous else None, empty)
 
     def decode_boxes(
         self, embeddings: Tensor, boxes: Tensor, previous: Tensor | None = None, empty: Tensor | None = None
@@ -239,25 +238,27 @@ class SAMSP(nn.Module):
         encoder's input pixels (x0, y0, x1, y1): one decoder call with a row per (image, class) pair, attending to
         its image, the mask of class c being token c of its row.
 
-        Given `previous` logits, the pairs flagged `empty` are not decoded and keep them: a slice without a class
+        Given `previous` logits, the pairs flagged `empty` keep them and are not decoded: a slice without a class
         would only have its decoded row thrown away, and once a volume's embeddings are cached, the decoder rows
         are what a repeated self-prompted inference costs (seconds per volume on a CPU). A traced or exported graph
-        decodes every pair (its shapes may not depend on the data), which `decode` then overrides just the same."""
+        decodes every pair (its shapes may not depend on the data) and then keeps the empty pairs' `previous`."""
         b, n = boxes.shape[:2]
-        if previous is not None and not in_graph():
+        every_pair = previous is None or in_graph()
+        if every_pair:
+            image = torch.arange(b, device=boxes.device).repeat_interleave(n)
+            cls = torch.arange(n, device=boxes.device).repeat(b)
+        else:
             image, cls = (~empty).nonzero(as_tuple=True)
             if not len(image):
                 return previous
-        else:
-            image = torch.arange(b, device=boxes.device).repeat_interleave(n)
-            cls = torch.arange(n, device=boxes.device).repeat(b)
         pe = self.sam.prompt_encoder.get_dense_pe()
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes[image, cls], masks=None)
         rows = self.sam.mask_decoder.class_logits(embeddings[image], pe, sparse, dense)
         decoded = rows.gather(1, cls[:, None, None, None].expand(-1, 1, *rows.shape[-2:])).squeeze(1)
         if previous is None:  # every pair, in row-major order
             return decoded.unflatten(0, (b, n))
-        return previous.index_put((image, cls), decoded.to(previous.dtype))
+        refined = previous.index_put((image, cls), decoded.to(previous.dtype))
+        return torch.where(empty[..., None, None], previous, refined) if every_pair else refined
 
     def mix_in_gt_boxes(self, boxes: Tensor, empty: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
