@@ -14,10 +14,12 @@ from torch import Tensor, nn
 from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
 from .embedding_cache import EmbeddingCache, WeightsDigest
-from .encoder_runtime import EncoderRuntime, Precision, Runtime
+from .decoder_runtime import BoxPass, DecoderPass, DecoderRuntime, PromptFreePass
+from .encoder_runtime import EncoderRuntime
 from .geometry import GEOMETRIES, Geometry, content_shape, from_model_frame, to_model_frame
 from .lite_medsam import LITE_MEDSAM
 from .lora import EncoderTraining, LoraLayout, adapt_encoder, has_lora, log_trainable, merged_state_dict
+from .onnx_export import Precision, Runtime
 from .sam_factory import build_sam, load_sam_checkpoint
 
 EmptyBox = Literal["keep_previous", "full_image"]
@@ -65,7 +67,7 @@ class SAMSP(nn.Module):
     reaches the encoder. `runtime` and `runtime_precision` choose what computes the embeddings when no gradient
     reaches the encoder (`encoder_runtime.py`: eager PyTorch, or an ONNX export run by OpenVINO or ONNX Runtime,
     kept in `model_dir`, the trained model's folder, whose change of weights also drops its in-memory
-    embeddings). None of these four is a network setting (not in `network_args`).
+    embeddings); with a `model_dir`, `runtime` also runs the decoder passes (`decoder_runtime.py`, fp32). None of these four is a network setting (not in `network_args`).
 
     `dropout` drops whole channels of the image embedding in train mode only (Monte Carlo dropout: MONAI Label's
     epistemic scoring builds the network with it and runs it in train mode). `train_output="final"` returns the
@@ -143,6 +145,7 @@ class SAMSP(nn.Module):
             EmbeddingCache(embedding_cache, owner=owner, weights_digest=digest) if embedding_cache is not None else None
         )
         self.encoder_runtime = EncoderRuntime(runtime, runtime_precision, model_dir, digest)
+        self.decoder_runtime = DecoderRuntime(runtime, model_dir)
         self.sam = build_sam(variant, img_size, num_classes)
         if checkpoint is not None:
             load_sam_checkpoint(self.sam, checkpoint, variant)
@@ -218,10 +221,7 @@ class SAMSP(nn.Module):
         """Low-resolution foreground logits (B, N, h, w): no prompt, or a box per class from `previous` (some
         replaced by the jittered ground-truth boxes of the label map `target`, see `gt_box_prob`)."""
         if previous is None:
-            # One prompt row shared by the B images: the no-prompt case.
-            pe = self.sam.prompt_encoder.get_dense_pe()
-            sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
-            return self.sam.mask_decoder.class_logits(embeddings, pe, sparse, dense)
+            return self.run_pass(PromptFreePass(self.sam), embeddings)
         scale = self.img_size // previous.shape[-1]
         boxes, empty = masks_to_boxes(self.labels(previous), scale)
         if self.training:
@@ -251,14 +251,20 @@ class SAMSP(nn.Module):
             image, cls = (~empty).nonzero(as_tuple=True)
             if not len(image):
                 return previous
-        pe = self.sam.prompt_encoder.get_dense_pe()
-        sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes[image, cls], masks=None)
-        rows = self.sam.mask_decoder.class_logits(embeddings[image], pe, sparse, dense)
+        rows = self.run_pass(BoxPass(self.sam), embeddings[image], boxes[image, cls])
         decoded = rows.gather(1, cls[:, None, None, None].expand(-1, 1, *rows.shape[-2:])).squeeze(1)
         if previous is None:  # every pair, in row-major order
             return decoded.unflatten(0, (b, n))
         refined = previous.index_put((image, cls), decoded.to(previous.dtype))
         return torch.where(empty[..., None, None], previous, refined) if every_pair else refined
+
+    def run_pass(self, decoder_pass: DecoderPass, *inputs: Tensor) -> Tensor:
+        """A decoder pass: eager while a gradient reaches the decoder or the network is traced or exported, else
+        by the decoder runtime (an export in a trained model's folder, see `decoder_runtime.py`)."""
+        trained = torch.is_grad_enabled() and any(p.requires_grad for p in decoder_pass.parameters())
+        if in_graph() or trained:
+            return decoder_pass(*inputs)
+        return self.decoder_runtime(decoder_pass, *inputs)
 
     def mix_in_gt_boxes(self, boxes: Tensor, empty: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Replace each (image, class) box by the jittered box of that class in `target` (B, 1, H, W) with
