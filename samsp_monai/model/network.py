@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from ..errors import SAMSPError
 from .boxes import jitter_boxes, masks_to_boxes
-from .embedding_cache import EmbeddingCache, WeightsDigest
 from .decoder_runtime import BoxPass, DecoderPass, DecoderRuntime, PromptFreePass
+from .embedding_cache import EmbeddingCache, WeightsDigest
 from .encoder_runtime import EncoderRuntime
 from .geometry import GEOMETRIES, Geometry, content_shape, from_model_frame, to_model_frame
 from .lite_medsam import LITE_MEDSAM
@@ -67,7 +67,8 @@ class SAMSP(nn.Module):
     reaches the encoder. `runtime` and `runtime_precision` choose what computes the embeddings when no gradient
     reaches the encoder (`encoder_runtime.py`: eager PyTorch, or an ONNX export run by OpenVINO or ONNX Runtime,
     kept in `model_dir`, the trained model's folder, whose change of weights also drops its in-memory
-    embeddings); with a `model_dir`, `runtime` also runs the decoder passes (`decoder_runtime.py`, fp32). None of these four is a network setting (not in `network_args`).
+    embeddings); with a `model_dir`, `runtime` also runs the decoder passes (`decoder_runtime.py`, fp32). None of
+    these four is a network setting (not in `network_args`).
 
     `dropout` drops whole channels of the image embedding in train mode only (Monte Carlo dropout: MONAI Label's
     epistemic scoring builds the network with it and runs it in train mode). `train_output="final"` returns the
