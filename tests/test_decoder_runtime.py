@@ -11,6 +11,7 @@ from conftest import shared_data, small_samsp
 
 from samsp_monai import SAMSP
 from samsp_monai.errors import SAMSPError
+from samsp_monai.model.decoder_runtime import DecoderRuntime
 from samsp_monai.model.lite_medsam import lite_medsam_checkpoint
 
 PASSES = ("prompt_free_pass", "box_pass")
@@ -76,5 +77,21 @@ def test_training_keeps_the_decoder_eager_and_a_changed_decoder_gets_new_exports
         first_weights(tmp_path / "b")(x)
     (own,) = (tmp_path / "b").glob("box_pass-*.onnx")
     shutil.copy(new[0], own)  # the changed model's export under the first weights' name
-    with pytest.raises(SAMSPError, match="box_pass sha256"), torch.no_grad():
+    with pytest.raises(SAMSPError, match="box_pass key"), torch.no_grad():
         first_weights(tmp_path / "b")(x)
+
+
+def test_the_same_decoder_weights_at_another_image_size_get_their_own_export(tmp_path):
+    """SAM's prompt encoder has the same weights at every image size, but an export holds one embedding size: the
+    export key includes the input sizes, so a 32 px model beside a 64 px one with the same decoder never reads the
+    other's export (it did: "model input [?,32,16,16] and the tensor (1.32.8.8) are incompatible")."""
+    large = small_samsp(encoder_training="frozen", runtime="openvino", model_dir=tmp_path).eval()
+    small = small_samsp(img_size=32, encoder_training="frozen", runtime="openvino", model_dir=tmp_path).eval()
+    for part in ("prompt_encoder", "mask_decoder"):
+        getattr(small.sam, part).load_state_dict(getattr(large.sam, part).state_dict())
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        large(torch.rand(1, 1, 64, 64))
+        served = small(x)
+        small.decoder_runtime = DecoderRuntime("torch")
+        assert torch.allclose(served, small(x), atol=1e-4)

@@ -4,8 +4,8 @@ Once the encoder runs exported, the decoder passes in PyTorch are most of what i
 self-prompted hippocampus volume on 2 cores, and all of a repeated request whose embeddings are cached. Exported,
 they run at about 28 ms per prompt row in OpenVINO and 25 ms in ONNX Runtime against 60 ms in PyTorch (2 threads,
 logits within 6e-5 of eager's), which took a self-prompted volume from 16.0 to 12.9 s (benchmarks/cpu). Each pass is
-exported on first use with a dynamic number of prompt rows, as `prompt_free_pass-<sha256[:16]>.onnx` and
-`box_pass-<sha256[:16]>.onnx` beside the trained model (`onnx_export.py`), always in fp32: the decoder's logits are
+exported on first use with a dynamic number of prompt rows, as `prompt_free_pass-<key[:16]>.onnx` and
+`box_pass-<key[:16]>.onnx` beside the trained model (`onnx_export.py`), always in fp32: the decoder's logits are
 the output, and its cost is small beside the encoder's. Only a trained model's folder holds them: while training,
 the decoder changes each step and stays eager.
 """

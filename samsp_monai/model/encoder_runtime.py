@@ -9,7 +9,7 @@ ONNX Runtime's dynamic int8 quantisation was slower than fp32 and lost 24 to 67 
 autocast was slower than OpenVINO fp32 and moved Dice by 0.3 points, so neither is offered.
 
 The export (`onnx_export.py`) holds batch 1 (TinyViT's reshapes fix the batch when traced), so a batch of slices
-runs slice by slice; it is `encoder-<sha256[:16]>.onnx` beside the trained model.
+runs slice by slice; it is `encoder-<key[:16]>.onnx` beside the trained model.
 """
 
 from __future__ import annotations

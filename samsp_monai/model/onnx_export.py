@@ -1,14 +1,16 @@
 """A part of the network (the image encoder, a decoder pass) as an ONNX export run by OpenVINO or ONNX Runtime.
 
 The export is built from the part's own module on first use, written to `export_dir` (the trained model's folder;
-without one, a cache folder shared by all runs) as `<part>-<sha256[:16]>.onnx`, named and tagged by the SHA-256 of
-the exported weights: a retrained model gets a new file (in a model's folder the old ones of that part are deleted)
-and never reads a stale one, and a file whose tag does not match the weights (a copy from another model) is
-refused. Each new export is checked against eager PyTorch on the first input before it is used.
+without one, a cache folder shared by all runs) as `<part>-<key[:16]>.onnx`, named and tagged by a SHA-256 key of
+the exported weights and the input sizes the graph holds (SAM's prompt encoder has the same weights at every image
+size, but its export holds one embedding size): a retrained model gets a new file (in a model's folder the old ones
+of that part are deleted) and never reads a stale one, and a file whose tag does not match (a copy from another
+model) is refused. Each new export is checked against eager PyTorch on the first input before it is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,14 +56,21 @@ def digest_key(part: str) -> str:
     return f"samsp_{part}_sha256"
 
 
-def export_path(export_dir: str | Path, part: str, digest: str) -> Path:
-    return Path(export_dir) / f"{part}-{digest[:16]}.onnx"
+def export_key(weights_digest: str, example: Sequence[Tensor], rows: bool) -> str:
+    """SHA-256 of the weights' digest and the input shapes and dtypes, the dynamic row dimension left out."""
+    shapes = [(("rows",) if rows else tuple(t.shape[:1])) + tuple(t.shape[1:]) for t in example]
+    signature = f"{weights_digest}:{shapes}:{[str(t.dtype) for t in example]}"
+    return hashlib.sha256(signature.encode()).hexdigest()
+
+
+def export_path(export_dir: str | Path, part: str, key: str) -> Path:
+    return Path(export_dir) / f"{part}-{key[:16]}.onnx"
 
 
 def export_module(
-    module: nn.Module, example: Sequence[Tensor], names: Sequence[str], rows: bool, digest: str, path: Path, part: str
+    module: nn.Module, example: Sequence[Tensor], names: Sequence[str], rows: bool, key: str, path: Path, part: str
 ) -> None:
-    """ONNX export of `module` (eval) on `example`, tagged with its weights' SHA-256, written atomically. With `rows`
+    """ONNX export of `module` (eval) on `example`, tagged with its key (`export_key`), written atomically. With `rows`
     the first dimension of every input is dynamic (a decoder pass meets any number of prompt rows); the encoder's
     stays fixed (TinyViT's reshapes fix the batch when traced)."""
     for name in ("onnx_ir", "onnxscript"):  # one INFO line per deduplicated initializer otherwise
@@ -80,7 +89,7 @@ def export_module(
             dynamo=True,
             verbose=False,
         )
-    program.model.metadata_props.update({"format": export_format(part), digest_key(part): digest})
+    program.model.metadata_props.update({"format": export_format(part), digest_key(part): key})
     try:
         atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
     except OSError as e:
@@ -100,8 +109,9 @@ def prune_exports(path: Path, part: str) -> None:
             logger.info("deleted %s: exported from other weights", old)
 
 
-def check_export(path: Path, part: str, digest: str) -> None:
-    """Refuse an export that is not this project's export of `part` or was made from other weights than `digest`."""
+def check_export(path: Path, part: str, key: str) -> None:
+    """Refuse an export that is not this project's export of `part` or was made from other weights or input sizes
+    than `key` (`export_key`) says."""
     import onnx
 
     try:
@@ -111,10 +121,11 @@ def check_export(path: Path, part: str, digest: str) -> None:
     if props.get("format") != export_format(part):
         raise SAMSPError(f"{path}: not a {part} exported by samsp_monai (no format {export_format(part)!r}); delete it")
     tag = props.get(digest_key(part), "?")
-    if tag != digest:
+    if tag != key:
         raise SAMSPError(
-            f"{path}: exported from other weights ({part} sha256 {tag[:16]}...) than this model's ({digest[:16]}...), "
-            "e.g. copied from another model's folder; delete it and it is rebuilt from this model on first use"
+            f"{path}: exported from other weights or input sizes ({part} key {tag[:16]}...) than this model's "
+            f"({key[:16]}...), e.g. copied from another model's folder; delete it and it is rebuilt from this model "
+            "on first use"
         )
 
 
@@ -175,19 +186,19 @@ class ExportedPart:
         return run(*(t.cpu().contiguous() for t in inputs)).to(inputs[0].device)
 
     def opened(self, module: nn.Module, example: Sequence[Tensor], plain: Callable[[], nn.Module]) -> RunFn:
-        live = self.weights_digest(module)
+        live = export_key(self.weights_digest(module), example, self.rows)
         if self._open is None or self._open[0] != live:
             exported = plain()
-            digest = live if exported is module else state_digest(exported.state_dict())
-            path = export_path(self.export_dir, self.part, digest)
+            key = live if exported is module else export_key(state_digest(exported.state_dict()), example, self.rows)
+            path = export_path(self.export_dir, self.part, key)
             fresh = not path.exists()
             if fresh:
                 # a dynamic first dimension is traced from two rows (torch.export specialises a size of 1)
                 traced = [t.expand(2, *t.shape[1:]) if self.rows and len(t) == 1 else t for t in example]
-                export_module(exported, traced, self.names, self.rows, digest, path, self.part)
+                export_module(exported, traced, self.names, self.rows, key, path, self.part)
                 if self.prune:
                     prune_exports(path, self.part)
-            check_export(path, self.part, digest)
+            check_export(path, self.part, key)
             run = open_export(path, self.runtime, self.precision, self.names)
             if fresh:  # checked in fp32, which must equal eager; an fp32 runtime is checked as it will run
                 checked = run if self.precision == "fp32" else open_export(path, self.runtime, "fp32", self.names)

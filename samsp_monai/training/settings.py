@@ -224,8 +224,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "shared by the process (serving; `$SAMSP_EMBEDDING_CACHE_MB`, default 2048, float32)",
         "runtime": "what computes the image embeddings where no gradient reaches the encoder, and at inference the "
         "decoder passes too: `torch` (eager), `openvino` or `onnxruntime` (ONNX exports built on first use beside "
-        "model.pt, or for the encoder in a cache folder while training, named by their weights' hash; default: "
-        "`openvino` on a CPU, in training only for a frozen encoder)",
+        "model.pt, or for the encoder in a cache folder while training, named by a hash of their weights and input "
+        "size; default: `openvino` on a CPU, in training only for a frozen encoder)",
         "runtime_precision": "the encoder's: `fp32`, or `bf16` with `openvino` (CPUs with AVX-512 BF16 or AMX; others "
         "run f32); the decoder passes run fp32",
         "network_def": "the network component (SAMSP, or ResizingUNet with unet.json)",
