@@ -14,7 +14,9 @@ let a user error reach the command line as one short message, and turn Ctrl-C in
 from __future__ import annotations
 
 import math
-from typing import Protocol
+import signal
+import threading
+from typing import Any, Protocol
 
 from monai.engines import Workflow
 from monai.handlers import from_engine
@@ -101,13 +103,26 @@ def run_training(trainer: Workflow, training_run: _Releasable | None = None) -> 
     Call it after the training-state saver is attached: the epoch counted here is recorded after the saver's
     handler, so "after epoch N" is the state a rerun resumes from. The run's lock is released on the way out.
     """
-    saved = {"epoch": 0}
+    saved, interrupted = {"epoch": 0}, threading.Event()
 
     def record(engine: Workflow) -> None:
         saved["epoch"] = engine.state.epoch
 
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def stop_if_interrupted(engine: Workflow) -> None:
+        # Ctrl-C raised inside a finalizer (a DataLoader iterator's __del__ at an epoch's end) is ignored by Python:
+        # the flag still stops the run at the next iteration instead of training on.
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+
     trainer.add_event_handler(Events.STARTED, record)  # a resumed run starts from its restored epoch
     trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
+    trainer.add_event_handler(Events.ITERATION_STARTED, stop_if_interrupted)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if main_thread else None
     try:
         trainer.run()
     except KeyboardInterrupt:
@@ -116,3 +131,6 @@ def run_training(trainer: Workflow, training_run: _Releasable | None = None) -> 
         raise TrainingInterrupted(
             f"interrupted after epoch {saved['epoch']}; rerun the same command to resume"
         ) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
