@@ -113,8 +113,8 @@ def run_training(trainer: Workflow, training_run: _Releasable | None = None) -> 
         raise KeyboardInterrupt
 
     def stop_if_interrupted(engine: Workflow) -> None:
-        # Ctrl-C raised inside a finalizer (a DataLoader iterator's __del__ at an epoch's end) is ignored by Python:
-        # the flag still stops the run at the next iteration instead of training on.
+        # Ctrl-C raised inside a finalizer (a __del__, a weakref callback) is ignored by Python: the flag still
+        # stops the run at the next iteration instead of training on.
         if interrupted.is_set():
             raise KeyboardInterrupt
 
