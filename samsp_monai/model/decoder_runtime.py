@@ -28,14 +28,17 @@ class DecoderPass(nn.Module):
         super().__init__()
         self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
 
+    def class_logits(self, embeddings: Tensor, boxes: Tensor | None) -> Tensor:
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return self.mask_decoder.class_logits(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
 
 class PromptFreePass(DecoderPass):
     """Pass 1: the low-resolution class logits (B, N, h, w) of image embeddings (B, C, h', w') with SAM's learned
     no-prompt embeddings, one prompt row shared by all images."""
 
     def forward(self, embeddings: Tensor) -> Tensor:
-        sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-        return self.mask_decoder.class_logits(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return self.class_logits(embeddings, None)
 
 
 class BoxPass(DecoderPass):
@@ -43,8 +46,7 @@ class BoxPass(DecoderPass):
     r (R, 4), in the encoder's input pixels (x0, y0, x1, y1)."""
 
     def forward(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        return self.mask_decoder.class_logits(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return self.class_logits(embeddings, boxes)
 
 
 class DecoderRuntime:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .embedding_cache import WeightsDigest
-from .onnx_export import ExportedPart, Precision, Runtime, check_runtime
+from .onnx_export import ExportedPart, Precision, Runtime
 
 ENCODER = "encoder"
 
@@ -38,7 +38,6 @@ class EncoderRuntime:
         export_dir: str | Path | None = None,
         weights_digest: WeightsDigest | None = None,
     ) -> None:
-        check_runtime(runtime, precision)
         self.runtime, self.precision = runtime, precision
         self.export = ExportedPart(ENCODER, ("image",), False, runtime, precision, export_dir, weights_digest)
 

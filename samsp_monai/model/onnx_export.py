@@ -160,9 +160,9 @@ def open_export(path: Path, runtime: Runtime, precision: Precision, names: Seque
 
 class ExportedPart:
     """`part(module, *inputs)`: `module(*inputs)` computed by its ONNX export in `runtime`, rebuilt or reloaded only
-    when the module's weights change. `plain()` gives the module to export (the encoder with LoRA folded in); its
-    inputs are named `names`, and with `rows` their first dimension is dynamic. `weights_digest` may be shared with
-    an embedding cache of the same module, so its weights are hashed once."""
+    when the module's weights or input sizes change. `plain()` gives the module to export (the encoder with LoRA
+    folded in); its inputs are named `names`, and with `rows` their first dimension is dynamic. `weights_digest` may
+    be shared with an embedding cache of the same module, so its weights are hashed once."""
 
     def __init__(
         self,
